@@ -1,0 +1,52 @@
+"""Prometheus metrics. Multiprocess-safe: when PROMETHEUS_MULTIPROC_DIR is set (the CLI sets it
+for --workers > 1) every worker writes to that directory and /metrics aggregates them."""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+__all__ = ["REQUESTS", "LATENCY", "QUEUE_DEPTH", "BATCH_SIZE", "STAGE_TIME", "render"]
+
+REQUESTS = Counter("verticals_requests_total", "HTTP requests", ["route", "method", "status"])
+LATENCY = Histogram(
+    "verticals_request_latency_seconds",
+    "HTTP request latency",
+    ["route", "method", "status"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+QUEUE_DEPTH = Gauge(
+    "verticals_queue_depth",
+    "Requests waiting for the model",
+    ["model"],
+    multiprocess_mode="livesum",
+)
+BATCH_SIZE = Histogram(
+    "verticals_batch_size",
+    "Items per model call",
+    ["model"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+STAGE_TIME = Histogram(
+    "verticals_stage_seconds",
+    "Time per serving stage",
+    ["model", "stage"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
+)
+
+
+def render() -> tuple[bytes, str]:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST

@@ -1,0 +1,95 @@
+"""What a vertical provides to the core. Subclass `Vertical`, decorate with
+`@register_vertical("name")`, and list the module under the `verticals.plugins` entry points."""
+
+from __future__ import annotations
+
+import argparse
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from common.artifacts import Bundle
+from common.predictor import Predictor
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from fastapi import APIRouter
+
+    from common.serving.served import ServedPredictor
+
+__all__ = ["Vertical", "ExampleRequest"]
+
+
+@dataclass
+class ExampleRequest:
+    """A valid predictor payload and the HTTP call that carries the same request.
+
+    The contract tests check that the REST answer for (method, path, body) equals the Predictor's
+    and the batch job's answer for `payload`.
+    """
+
+    payload: dict[str, Any]
+    method: str
+    path: str
+    body: dict[str, Any] | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+class Vertical(ABC):
+    name: ClassVar[str]  # set by @register_vertical
+    title: ClassVar[str] = ""
+    predictor_cls: ClassVar[type[Predictor]]
+    protocols: ClassVar[tuple[str, ...]] = ()
+
+    # ---- serving ------------------------------------------------------------------------
+    @abstractmethod
+    def build_router(self, served: ServedPredictor) -> APIRouter:
+        """The vertical's thin FastAPI router; full paths (e.g. '/fraud/v1/score')."""
+
+    @abstractmethod
+    def example_requests(self) -> list[ExampleRequest]:
+        """At least one valid request; the first is printed by `verticals demo`."""
+
+    # ---- training -----------------------------------------------------------------------
+    @abstractmethod
+    def train_default(self, root: Path, preset: str = "demo") -> Bundle:
+        """Train on the embedded default data and publish a bundle under `root`.
+
+        presets: 'test' (seconds, for the test suite), 'demo' (`make demo`, about a minute).
+        """
+
+    def add_train_args(self, parser: argparse.ArgumentParser) -> None:
+        """Options of `verticals train <vertical>` beyond --out/--preset/--data."""
+
+    def train(self, args: argparse.Namespace) -> Bundle:
+        """`verticals train <vertical>`; default: the embedded default at args.preset."""
+        return self.train_default(Path(args.root), preset=args.preset)
+
+    # ---- evaluation ---------------------------------------------------------------------
+    def add_evaluate_args(self, parser: argparse.ArgumentParser) -> None:
+        """Options of `verticals evaluate <vertical>` beyond the common ones."""
+
+    def evaluate(self, args: argparse.Namespace) -> dict[str, Any]:
+        """Run args.protocol and return a report dict (see common.reports.build_report)."""
+        raise NotImplementedError(f"{self.name} has no evaluation protocol yet")
+
+    # ---- batch scoring ------------------------------------------------------------------
+    def add_score_args(self, parser: argparse.ArgumentParser) -> None:
+        """Options of `verticals score <vertical>` (e.g. --text-column)."""
+
+    def predictor_options(self, args: argparse.Namespace) -> dict[str, Any]:
+        """Keyword options passed to the Predictor from CLI args (serve and score)."""
+        return {}
+
+    def read_batch(
+        self, path: Path, chunk_size: int, args: argparse.Namespace | None
+    ) -> Iterator[pd.DataFrame] | None:
+        """Chunks of request rows for `verticals score`, or None to use the common tabular
+        reader (CSV / Parquet / JSONL / folder). Override for non-tabular inputs (images)."""
+        return None
+
+    def row_to_payload(self, row: dict[str, Any], args: argparse.Namespace | None) -> Any:
+        """One input row → one predictor payload (default: the row itself)."""
+        return row

@@ -1,0 +1,85 @@
+"""A tiny vertical used only by the core's own tests: a 2-class MLP on 4 floats."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field
+
+from common.artifacts import Bundle, BundleWriter
+from common.errors import InvalidInput
+from common.predictor import Predictor
+from common.registry import register_vertical
+from common.vertical import ExampleRequest, Vertical
+
+
+class ToyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    x: list[float] = Field(min_length=4, max_length=4)
+
+
+class ToyResponse(BaseModel):
+    label: int
+    probability: float
+    model_version: str
+
+
+def make_net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+
+
+class ToyPredictor(Predictor):
+    vertical = "toy"
+    request_model = ToyRequest
+    response_model = ToyResponse
+    max_batch_size = 16
+    calls: list[int] = []
+
+    def setup(self, device):
+        self.net = make_net()
+        self.net.load_state_dict(self.bundle.state_dict())
+        self.net.eval()
+
+    def decode(self, request):
+        if any(v != v for v in request.x):
+            raise InvalidInput("x", "NaN is not allowed")
+        return torch.tensor(request.x)
+
+    def predict_batch(self, items):
+        type(self).calls.append(len(items))
+        delay = self.options.get("delay_s")
+        if delay:
+            import time
+
+            time.sleep(delay)
+        with torch.no_grad():
+            p = torch.softmax(self.net(torch.stack(items)), -1)
+        return [{"label": int(r.argmax()), "probability": float(r.max()),
+                 "model_version": self.bundle.version} for r in p]
+
+
+@register_vertical("toy")
+class ToyVertical(Vertical):
+    title = "toy"
+    predictor_cls = ToyPredictor
+
+    def build_router(self, served):
+        router = APIRouter(prefix="/toy/v1", tags=["toy"])
+
+        @router.post("/predict", response_model=ToyResponse)
+        async def predict(req: ToyRequest):
+            return await served.predict(req)
+
+        return router
+
+    def example_requests(self):
+        return [ExampleRequest(payload={"x": [0.1, 0.2, 0.3, 0.4]}, method="POST",
+                               path="/toy/v1/predict", body={"x": [0.1, 0.2, 0.3, 0.4]})]
+
+    def train_default(self, root: Path, preset: str = "demo") -> Bundle:
+        w = BundleWriter(root, "toy", "toy-mlp")
+        w.save_weights(make_net().state_dict())
+        return w.publish("tests.common.toy_vertical.make_net", {"in": 4})
