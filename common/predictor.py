@@ -51,8 +51,9 @@ class Predictor(ABC):
     vertical: ClassVar[str]
     request_model: ClassVar[type[BaseModel]]
     response_model: ClassVar[type[BaseModel]]
-    max_batch_size: int = 32
+    max_batch_size: int = 32  # dynamic batching cap when serving
     max_wait_ms: float = 2.0
+    batch_job_size: int = 256  # items per predict_batch call in `verticals score`
 
     def __init__(self, bundle: Bundle, **options: Any):
         self.bundle = bundle

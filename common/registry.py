@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
+import os
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING
 
@@ -41,8 +43,11 @@ def load_plugins() -> None:
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
             ep.load()
-        except Exception:  # one broken plugin must not take the others down
-            log.exception("could not load vertical plugin %s", ep.name)
+        except Exception as e:  # one broken plugin must not take the others down
+            log.warning("vertical plugin %s (%s) could not be loaded: %s", ep.name, ep.value, e)
+    # Extra plugin modules by name, e.g. for worker processes (Ray actors) of a test vertical.
+    for mod in filter(None, os.environ.get("VERTICALS_EXTRA_PLUGINS", "").split(",")):
+        importlib.import_module(mod.strip())
     _PLUGINS_LOADED = True
 
 

@@ -63,6 +63,8 @@ def _install_error_handlers(app: FastAPI) -> None:
             loc = loc[1:] or loc
         field = ".".join(loc) or None
         msg = first.get("msg", "invalid request")
+        if first.get("type") == "json_invalid":  # loc holds a character offset, not a field
+            field, msg = "body", f"{msg} at character {loc[0] if loc else '?'}"
         return _error(422, request, "invalid_input", f"{field}: {msg}" if field else msg, field)
 
     @app.exception_handler(StarletteHTTPException)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from common.train import Trainer, TrainConfig
+from common.train import TrainConfig, Trainer
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -78,6 +79,16 @@ class ToyVertical(Vertical):
     def example_requests(self):
         return [ExampleRequest(payload={"x": [0.1, 0.2, 0.3, 0.4]}, method="POST",
                                path="/toy/v1/predict", body={"x": [0.1, 0.2, 0.3, 0.4]})]
+
+    def predictor_options(self, args):
+        # lets the kill -9 resume test slow scoring down from a subprocess
+        delay = os.environ.get("TOY_DELAY_S")
+        return {"delay_s": float(delay)} if delay else {}
+
+    def row_to_payload(self, row, args):
+        if set(row) == {"a", "b", "c", "d"}:  # tabular input: four columns
+            return {"x": [row["a"], row["b"], row["c"], row["d"]]}
+        return row
 
     def train_default(self, root: Path, preset: str = "demo") -> Bundle:
         w = BundleWriter(root, "toy", "toy-mlp")
