@@ -115,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--host", default="127.0.0.1")
     dp.add_argument("--port", type=int, default=8000)
     dp.add_argument("--no-serve", action="store_true", help="train and print, do not serve")
+    dp.add_argument("--verticals", default=None, help="comma-separated subset (default: all)")
 
     ep = sub.add_parser("explain", help="explain one prediction (e.g. a Grad-CAM overlay)")
     ep.add_argument("vertical")
@@ -168,7 +169,7 @@ def _serve(args, names: list[str]) -> None:
 
 
 def _cmd_demo(args) -> None:
-    names = list_verticals()
+    names = args.verticals.split(",") if args.verticals else list_verticals()
     if not names:
         raise VerticalsError("no verticals are installed", "verticals")
     for name in names:

@@ -9,7 +9,7 @@ import torch
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
-from common.artifacts import Bundle, BundleWriter
+from common.artifacts import Bundle, BundleWriter, fingerprint
 from common.errors import InvalidInput
 from common.predictor import Predictor
 from common.registry import register_vertical
@@ -93,4 +93,5 @@ class ToyVertical(Vertical):
     def train_default(self, root: Path, preset: str = "demo") -> Bundle:
         w = BundleWriter(root, "toy", "toy-mlp")
         w.save_weights(make_net().state_dict())
-        return w.publish("tests.common.toy_vertical.make_net", {"in": 4})
+        return w.publish("tests.common.toy_vertical.make_net", {"in": 4},
+                         data_fingerprint=fingerprint("toy: no training data"))
