@@ -136,7 +136,8 @@ def test_torchrun_two_processes_match_one_process_same_global_batch(tmp_path):
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                    f"--nproc_per_node={procs}", str(script)]
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        subprocess.run(cmd, check=True, env=env, timeout=300, capture_output=True)
+        done = subprocess.run(cmd, env=env, timeout=300, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
         outs[procs] = torch.load(out, weights_only=True)
     for k in outs[1]:
         assert torch.allclose(outs[1][k], outs[2][k], atol=1e-5), k
