@@ -1,0 +1,43 @@
+"""The fraud REST routes: translation only (the predictor does the work).
+
+POST /fraud/v1/score        one Transaction → Score
+POST /fraud/v1/score:batch  {"transactions": [...]} (≤ 1000, scored in order) → {"results"}
+POST /fraud/v1/labels       {"labels": [{"transaction_id", "fraud"}]} → {"updated", "unknown"}
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from fraud_detection.schemas import (
+    BatchRequest,
+    BatchResponse,
+    LabelsRequest,
+    LabelsResponse,
+    Score,
+    Transaction,
+)
+
+__all__ = ["build_router"]
+
+
+def build_router(served) -> APIRouter:
+    router = APIRouter(prefix="/fraud/v1", tags=["fraud"])
+
+    @router.post("/score", response_model=Score)
+    async def score(tx: Transaction):
+        return await served.predict(tx)
+
+    @router.post("/score:batch", response_model=BatchResponse)
+    async def score_batch(req: BatchRequest):
+        # one predict_batch call keeps the list's order: item k sees items < k in the store
+        results = await served.call(served.predictor.run_ordered, req.transactions)
+        return BatchResponse(results=results)
+
+    @router.post("/labels", response_model=LabelsResponse)
+    async def labels(req: LabelsRequest):
+        pairs = [(lab.transaction_id, lab.fraud) for lab in req.labels]
+        updated, unknown = await served.call(served.predictor.apply_labels, pairs)
+        return LabelsResponse(updated=updated, unknown=unknown)
+
+    return router

@@ -1,0 +1,271 @@
+"""Online feature state: per-customer and per-terminal history for scoring one transaction.
+
+`MemoryStore` keeps it in-process (the default); `RedisStore` keeps it in Redis so several
+replicas share it. Both answer `observe(tx)` with the window aggregates of `features.derive`
+(the history strictly earlier in (time, id) order plus the transaction itself) and record the
+transaction; `label(tx_id, fraud)` attaches a (late) label that feeds the delayed terminal
+windows. Re-scoring a transaction id already recorded excludes the stored copy, so a retry gets
+the same answer. History older than the longest window (relative to the transaction being
+recorded) is pruned.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from fraud_detection.features import DAY, LAST_K, WINDOWS
+
+__all__ = ["Tx", "FeatureStore", "MemoryStore", "RedisStore", "SNAPSHOT_COLUMNS"]
+SNAPSHOT_COLUMNS = ["TRANSACTION_ID", "SECONDS", "CUSTOMER_ID", "TERMINAL_ID", "CENTS", "LABEL"]
+
+
+@dataclass(frozen=True)
+class Tx:
+    transaction_id: int
+    seconds: int
+    customer_id: int
+    terminal_id: int
+    cents: int
+
+
+Aggregates = tuple[list[int], list[int], list[int], list[int], int]
+
+
+class FeatureStore(ABC):
+    """History of recent transactions (and their labels) for online features."""
+
+    def __init__(self, delay_days: int = 7):
+        self.delay = delay_days * DAY
+        self.c_horizon = max(WINDOWS) * DAY
+        self.t_horizon = self.delay + max(WINDOWS) * DAY
+
+    @abstractmethod
+    def observe(self, tx: Tx) -> Aggregates:
+        """Aggregates for `tx` from earlier history (plus tx itself), then record tx."""
+
+    @abstractmethod
+    def label(self, transaction_id: int, fraud: bool) -> bool:
+        """Attach a label to a recorded transaction; False if the id is unknown (pruned)."""
+
+    @abstractmethod
+    def load(self, snapshot: pd.DataFrame) -> None:
+        """Replace the state by a snapshot (SNAPSHOT_COLUMNS; LABEL -1 when unknown)."""
+
+    @abstractmethod
+    def snapshot(self) -> pd.DataFrame:
+        """The state as a frame of SNAPSHOT_COLUMNS."""
+
+    # shared arithmetic: the same sums for both backends
+    def _customer_aggs(self, tx: Tx, hist: list[tuple[int, int, int]]):
+        c_n, c_cents = [], []
+        for w in WINDOWS:
+            lo = tx.seconds - w * DAY
+            sel = [c for s, i, c in hist if lo < s <= tx.seconds and i != tx.transaction_id]
+            c_n.append(len(sel) + 1)
+            c_cents.append(sum(sel) + tx.cents)
+        return c_n, c_cents
+
+    def _terminal_aggs(self, tx: Tx, hist: list[tuple[int, int]], frauds: set[int]):
+        hi = tx.seconds - self.delay
+        t_n, t_f = [], []
+        for w in WINDOWS:
+            lo = hi - w * DAY
+            sel = [i for s, i in hist if lo < s <= hi]
+            t_n.append(len(sel))
+            t_f.append(sum(i in frauds for i in sel))
+        lo = hi - max(WINDOWS) * DAY
+        last = [i for s, i in sorted(hist) if lo < s <= hi][-LAST_K:]
+        return t_n, t_f, sum(i in frauds for i in last)
+
+
+class MemoryStore(FeatureStore):
+    """In-process state: sorted lists per customer and terminal, a dict of transactions."""
+
+    def __init__(self, delay_days: int = 7):
+        super().__init__(delay_days)
+        self.cust: dict[int, list[tuple[int, int, int]]] = {}
+        self.term: dict[int, list[tuple[int, int]]] = {}
+        self.txs: dict[int, list[int]] = {}  # id -> [customer, terminal, seconds, cents, label]
+        self.frauds: dict[int, set[int]] = {}  # terminal -> ids labelled fraud
+        self._recorded = 0
+
+    def observe(self, tx: Tx) -> Aggregates:
+        ch = self.cust.setdefault(tx.customer_id, [])
+        th = self.term.setdefault(tx.terminal_id, [])
+        i0 = bisect.bisect_right(ch, (tx.seconds - self.c_horizon, 2**63, 0))
+        c_n, c_cents = self._customer_aggs(tx, ch[i0:])
+        lo = bisect.bisect_right(th, (tx.seconds - self.t_horizon, 2**63))
+        hi = bisect.bisect_right(th, (tx.seconds - self.delay, 2**63))
+        frauds = self.frauds.get(tx.terminal_id, set())
+        t_n, t_f, last = self._terminal_aggs(tx, th[lo:hi], frauds)
+        self._record(tx, label=-1)
+        return c_n, c_cents, t_n, t_f, last
+
+    def _record(self, tx: Tx, label: int) -> None:
+        old = self.txs.get(tx.transaction_id)
+        if old is not None:
+            if old[:4] == [tx.customer_id, tx.terminal_id, tx.seconds, tx.cents]:
+                return  # a retry: already recorded
+            self._forget(tx.transaction_id)
+        ch = self.cust.setdefault(tx.customer_id, [])
+        bisect.insort(ch, (tx.seconds, tx.transaction_id, tx.cents))
+        del ch[: bisect.bisect_right(ch, (tx.seconds - self.c_horizon, 2**63, 0))]
+        th = self.term.setdefault(tx.terminal_id, [])
+        bisect.insort(th, (tx.seconds, tx.transaction_id))
+        del th[: bisect.bisect_right(th, (tx.seconds - self.t_horizon, 2**63))]
+        self.txs[tx.transaction_id] = [tx.customer_id, tx.terminal_id, tx.seconds, tx.cents, -1]
+        if label >= 0:
+            self.label(tx.transaction_id, bool(label))
+        self._recorded += 1
+        if self._recorded % 50_000 == 0:
+            self._prune_index(tx.seconds)
+
+    def _forget(self, tid: int) -> None:
+        c, t, s, cents, _ = self.txs.pop(tid)
+        for lst, item in ((self.cust.get(c), (s, tid, cents)), (self.term.get(t), (s, tid))):
+            if lst and item in lst:
+                lst.remove(item)
+        self.frauds.get(t, set()).discard(tid)
+
+    def _prune_index(self, now: int) -> None:
+        old = [i for i, v in self.txs.items() if v[2] <= now - self.t_horizon]
+        for i in old:
+            c, t, *_ = self.txs.pop(i)
+            self.frauds.get(t, set()).discard(i)
+
+    def label(self, transaction_id: int, fraud: bool) -> bool:
+        rec = self.txs.get(transaction_id)
+        if rec is None:
+            return False
+        rec[4] = int(fraud)
+        fr = self.frauds.setdefault(rec[1], set())
+        if fraud:
+            fr.add(transaction_id)
+        else:
+            fr.discard(transaction_id)
+        return True
+
+    def load(self, snapshot: pd.DataFrame) -> None:
+        self.__init__(self.delay // DAY)
+        snap = snapshot.sort_values(["SECONDS", "TRANSACTION_ID"], kind="stable")
+        for row in snap.itertuples(index=False):
+            tx = Tx(int(row.TRANSACTION_ID), int(row.SECONDS), int(row.CUSTOMER_ID),
+                    int(row.TERMINAL_ID), int(row.CENTS))
+            self._record(tx, int(row.LABEL))
+
+    def snapshot(self) -> pd.DataFrame:
+        rows = [[i, v[2], v[0], v[1], v[3], v[4]] for i, v in self.txs.items()]
+        return pd.DataFrame(rows, columns=SNAPSHOT_COLUMNS).astype(np.int64)
+
+
+class RedisStore(FeatureStore):
+    """State in Redis (sorted sets scored by time), shared by replicas under `namespace`.
+
+    Keys: {ns}:c:<customer> members "<id>:<cents>"; {ns}:t:<terminal> and {ns}:f:<terminal>
+    (fraud-labelled) members "<id>"; {ns}:tx hash id -> "customer:terminal:seconds:cents",
+    {ns}:txt the same ids scored by time (to prune), {ns}:label hash id -> 0/1.
+    Each observe is one MULTI/EXEC round trip.
+    """
+
+    def __init__(self, url: str, namespace: str, delay_days: int = 7):
+        super().__init__(delay_days)
+        import redis
+
+        self.r = redis.Redis.from_url(url, socket_timeout=5)
+        self.ns = f"fraud:{namespace}"
+
+    def observe(self, tx: Tx) -> Aggregates:
+        ns, s = self.ns, tx.seconds
+        hi = s - self.delay
+        p = self.r.pipeline(transaction=True)
+        p.zrangebyscore(f"{ns}:c:{tx.customer_id}", f"({s - self.c_horizon}", s, withscores=True)
+        p.zrangebyscore(f"{ns}:t:{tx.terminal_id}", f"({s - self.t_horizon}", hi, withscores=True)
+        p.zrangebyscore(f"{ns}:f:{tx.terminal_id}", f"({s - self.t_horizon}", hi)
+        self._write(p, tx)
+        c_raw, t_raw, f_raw = p.execute()[:3]
+        ch = [(int(sc), int(m.split(b":")[0]), int(m.split(b":")[1])) for m, sc in c_raw]
+        th = [(int(sc), int(m)) for m, sc in t_raw]
+        c_n, c_cents = self._customer_aggs(tx, ch)
+        t_n, t_f, last = self._terminal_aggs(tx, th, {int(m) for m in f_raw})
+        return c_n, c_cents, t_n, t_f, last
+
+    @staticmethod
+    def _encode(tx: Tx) -> str:
+        return f"{tx.customer_id}:{tx.terminal_id}:{tx.seconds}:{tx.cents}"
+
+    def _write(self, p, tx: Tx) -> None:
+        ns, s, tid = self.ns, tx.seconds, tx.transaction_id
+        p.zadd(f"{ns}:c:{tx.customer_id}", {f"{tid}:{tx.cents}": s})
+        p.zremrangebyscore(f"{ns}:c:{tx.customer_id}", "-inf", s - self.c_horizon)
+        p.zadd(f"{ns}:t:{tx.terminal_id}", {str(tid): s})
+        p.zremrangebyscore(f"{ns}:t:{tx.terminal_id}", "-inf", s - self.t_horizon)
+        p.zremrangebyscore(f"{ns}:f:{tx.terminal_id}", "-inf", s - self.t_horizon)
+        p.hset(f"{ns}:tx", tid, self._encode(tx))
+        p.zadd(f"{ns}:txt", {str(tid): s})
+        self._writes = getattr(self, "_writes", 0) + 1
+        if self._writes % 1000 == 0:  # forget ids past every window (bounded memory)
+            self._prune_index(s)
+
+    def _prune_index(self, now: int) -> None:
+        old = self.r.zrangebyscore(f"{self.ns}:txt", "-inf", now - self.t_horizon)
+        if old:
+            self.r.hdel(f"{self.ns}:tx", *old)
+            self.r.hdel(f"{self.ns}:label", *old)
+            self.r.zrem(f"{self.ns}:txt", *old)
+
+    def label(self, transaction_id: int, fraud: bool) -> bool:
+        raw = self.r.hget(f"{self.ns}:tx", transaction_id)
+        if raw is None:
+            return False
+        _, terminal, seconds, _ = raw.decode().split(":")
+        key = f"{self.ns}:f:{terminal}"
+        if fraud:
+            self.r.zadd(key, {str(transaction_id): int(seconds)})
+        else:
+            self.r.zrem(key, str(transaction_id))
+        self.r.hset(f"{self.ns}:label", transaction_id, int(fraud))
+        return True
+
+    def clear(self) -> None:
+        keys = list(self.r.scan_iter(f"{self.ns}:*", count=1000))
+        for i in range(0, len(keys), 1000):
+            self.r.delete(*keys[i : i + 1000])
+
+    def load(self, snapshot: pd.DataFrame, wait_s: float = 300.0) -> None:
+        """Load once per namespace: the first replica loads, the others wait for it."""
+        if self.r.get(f"{self.ns}:loaded"):
+            return
+        if not self.r.set(f"{self.ns}:loading", 1, nx=True, ex=int(wait_s)):
+            t_end = time.monotonic() + wait_s
+            while not self.r.get(f"{self.ns}:loaded") and time.monotonic() < t_end:
+                time.sleep(0.1)
+            return
+        snap = snapshot.sort_values(["SECONDS", "TRANSACTION_ID"], kind="stable")
+        p = self.r.pipeline(transaction=False)
+        for n, row in enumerate(snap.itertuples(index=False), 1):
+            tx = Tx(int(row.TRANSACTION_ID), int(row.SECONDS), int(row.CUSTOMER_ID),
+                    int(row.TERMINAL_ID), int(row.CENTS))
+            self._write(p, tx)
+            if row.LABEL == 1:
+                p.zadd(f"{self.ns}:f:{tx.terminal_id}", {str(tx.transaction_id): tx.seconds})
+            if row.LABEL >= 0:
+                p.hset(f"{self.ns}:label", tx.transaction_id, int(row.LABEL))
+            if n % 2000 == 0:
+                p.execute()
+        p.set(f"{self.ns}:loaded", 1)
+        p.execute()
+
+    def snapshot(self) -> pd.DataFrame:
+        txs = self.r.hgetall(f"{self.ns}:tx")
+        labels = {int(k): int(v) for k, v in self.r.hgetall(f"{self.ns}:label").items()}
+        rows = []
+        for k, v in txs.items():
+            c, t, s, cents = map(int, v.decode().split(":"))
+            rows.append([int(k), s, c, t, cents, labels.get(int(k), -1)])
+        return pd.DataFrame(rows, columns=SNAPSHOT_COLUMNS).astype(np.int64)
