@@ -1,0 +1,167 @@
+"""Model selection on a validation split carved from the training part (never the test part):
+fit every candidate of the preset's grid on the sub-training rows, score NDCG@10 on the
+validation rows, keep the best configuration of each kind, then try blends of the best model
+with each other kind. The winner is refitted on the whole training part (neural models for the
+epoch count that was best on validation)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from recommender.metrics import ranking_metrics
+from recommender.models import Blend, Recommender, build_model
+from recommender.retrieval import exact_topk
+
+__all__ = ["grid", "fit_spec", "topk_all", "score_model", "select"]
+log = logging.getLogger(__name__)
+Spec = dict[str, Any]
+
+_GRIDS: dict[str, list[Spec]] = {
+    "test": [
+        {"kind": "popularity"},
+        {"kind": "itemknn", "config": {"similarity": "jaccard", "neighbors": 50}},
+        {"kind": "ease", "config": {"l2": 30.0}},
+        {"kind": "ease", "config": {"l2": 100.0}},
+        {"kind": "bpr", "config": {"dim": 16, "epochs": 8, "lr": 0.02, "batch_size": 1024}},
+    ],
+    "quick": [
+        {"kind": "popularity"},
+        *({"kind": "itemknn", "config": {"similarity": s, "neighbors": n}}
+          for s in ("jaccard", "cosine") for n in (50, 200)),
+        *({"kind": "ease", "config": {"l2": lam}} for lam in (100.0, 200.0, 300.0, 500.0, 800.0)),
+        {"kind": "bpr", "config": {"dim": 64, "epochs": 20, "lr": 1e-2, "reg": 3e-3,
+                                   "batch_size": 4096}},
+        {"kind": "lightgcn", "config": {"dim": 64, "layers": 3, "epochs": 20, "lr": 1e-2,
+                                        "batch_size": 8192}},
+    ],
+}
+_GRIDS["demo"] = [  # `make demo` budget (~90 s with everything else): no LightGCN
+    {"kind": "popularity"},
+    {"kind": "itemknn", "config": {"similarity": "cosine", "neighbors": 100}},
+    {"kind": "ease", "config": {"l2": 100.0}},
+    {"kind": "ease", "config": {"l2": 300.0}},
+    {"kind": "bpr", "config": {"dim": 32, "epochs": 5, "lr": 1e-2, "reg": 3e-3,
+                               "batch_size": 4096}},
+]
+_GRIDS["full"] = [
+    *_GRIDS["quick"][:5],
+    *({"kind": "ease", "config": {"l2": lam}}
+      for lam in (50.0, 100.0, 150.0, 200.0, 250.0, 300.0, 400.0, 500.0, 800.0, 1200.0)),
+    *({"kind": "bpr", "config": {"dim": d, "epochs": 60, "lr": 1e-2, "reg": r,
+                                 "batch_size": 4096}}
+      for d in (64, 128) for r in (1e-3, 3e-3, 1e-2)),
+    *({"kind": "lightgcn", "config": {"dim": 64, "layers": n, "epochs": 60, "lr": 1e-2,
+                                      "reg": r, "batch_size": 8192}}
+      for n in (2, 3) for r in (1e-4, 1e-3)),
+]
+BLEND_WEIGHTS = (0.1, 0.2, 0.35, 0.5)
+
+
+def grid(preset: str) -> list[Spec]:
+    if preset not in _GRIDS:
+        raise ValueError(f"unknown preset {preset!r}; known: {sorted(_GRIDS)}")
+    return copy.deepcopy(_GRIDS[preset])
+
+
+def fit_spec(spec: Spec, X: sp.csr_matrix, X_val: sp.csr_matrix | None = None,
+             seed: int = 0, cache: dict[str, Recommender] | None = None) -> Recommender:
+    """Build and fit the model a spec describes (blends fit their parts). With `cache`, a
+    spec already fitted on the same X (same name and seed) is reused, not refitted."""
+    if spec["kind"] == "blend":
+        parts = [fit_spec(p, X, X_val, seed, cache) for p in spec["parts"]]
+        return Blend(parts, spec["weights"]).fit_scales(X)
+    key = f"{_name(spec)}#seed={seed}"
+    if cache is not None and key in cache:
+        return cache[key]
+    config = dict(spec.get("config", {}))
+    if spec["kind"] in ("bpr", "lightgcn"):
+        config["seed"] = seed
+    t0 = time.perf_counter()
+    model = build_model(spec["kind"], **config).fit(X, X_val=X_val)
+    model.fit_time_s_ = time.perf_counter() - t0
+    if cache is not None:
+        cache[key] = model
+    return model
+
+
+def topk_all(model: Recommender, X_seen: sp.csr_matrix, users: np.ndarray, k: int = 10,
+             batch: int = 2048) -> np.ndarray:
+    """Top-k item indices for `users` (training indices), their seen items filtered out."""
+    out = []
+    for s in range(0, len(users), batch):
+        u = users[s : s + batch]
+        with torch.no_grad():
+            scores = model.scores(X_seen[u], u)
+        out.append(exact_topk(scores, k, X_seen[u])[0])
+    return np.concatenate(out) if out else np.zeros((0, k), dtype=np.int64)
+
+
+def score_model(model: Recommender, X_seen: sp.csr_matrix, X_target: sp.csr_matrix,
+                k: int = 10, n_relevant: np.ndarray | None = None) -> dict[str, float]:
+    """Ranking metrics of `model` for every user with target items; adds recommend_time_s."""
+    users = np.where(np.diff(X_target.indptr) > 0)[0] if n_relevant is None \
+        else np.where(n_relevant > 0)[0]
+    t0 = time.perf_counter()
+    top = topk_all(model, X_seen, users, k)
+    took = time.perf_counter() - t0
+    nrel = None if n_relevant is None else n_relevant[users]
+    m = ranking_metrics(top, X_target[users], k, nrel)
+    m["recommend_time_s"] = round(took, 4)
+    return m
+
+
+def _name(spec: Spec) -> str:
+    if spec["kind"] == "blend":
+        return "+".join(f"{w:g}*{_name(p)}" for p, w in zip(spec["parts"], spec["weights"],
+                                                            strict=True))
+    cfg = ",".join(f"{k}={v}" for k, v in sorted(spec.get("config", {}).items())
+                   if k not in ("seed", "batch_size"))
+    return f"{spec['kind']}({cfg})" if cfg else spec["kind"]
+
+
+def select(X_sub: sp.csr_matrix, X_val: sp.csr_matrix, preset: str, seed: int = 0,
+           metric: str = "ndcg_at_10", blend: bool = True
+           ) -> tuple[Spec, list[dict[str, Any]], dict[str, Spec]]:
+    """(winning spec, validation table, best spec of each kind). Neural specs carry the epoch
+    count that was best on validation."""
+    table, best = [], {}
+    fitted: dict[str, Recommender] = {}
+    for spec in grid(preset):
+        t0 = time.perf_counter()
+        model = fit_spec(spec, X_sub, X_val, seed)
+        fit_s = time.perf_counter() - t0
+        res = getattr(model, "train_result_", None)
+        if res is not None and res.best_epoch:
+            spec.setdefault("config", {})["epochs"] = int(res.best_epoch)
+        m = score_model(model, X_sub, X_val)
+        row = {"model": _name(spec), "kind": spec["kind"], "fit_time_s": round(fit_s, 3),
+               **{k: round(v, 5) for k, v in m.items() if k != "n_users"}}
+        table.append(row)
+        log.info("validation %s", row)
+        if spec["kind"] not in best or m[metric] > best[spec["kind"]][1]:
+            best[spec["kind"]] = (spec, m[metric])
+            fitted[spec["kind"]] = model
+    top_kind = max(best, key=lambda k: best[k][1])
+    winner, win_score = best[top_kind]
+    if blend:
+        for kind, (spec, _) in best.items():
+            if kind in (top_kind, "popularity"):
+                continue
+            for w in BLEND_WEIGHTS:
+                b = {"kind": "blend", "parts": [best[top_kind][0], spec], "weights": [1 - w, w]}
+                model = Blend([fitted[top_kind], fitted[kind]], b["weights"]).fit_scales(X_sub)
+                m = score_model(model, X_sub, X_val)
+                table.append({"model": _name(b), "kind": "blend",
+                              **{k: round(v, 5) for k, v in m.items() if k != "n_users"}})
+                if m[metric] > win_score:
+                    winner, win_score = b, m[metric]
+    log.info("selected %s (validation %s %.4f)", _name(winner), metric, win_score)
+    return winner, table, {k: v[0] for k, v in best.items()}
+
