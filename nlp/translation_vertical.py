@@ -1,0 +1,148 @@
+"""The `nlp-translation` vertical: registration, router, training, evaluation, batch scoring."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field
+
+from common.artifacts import Bundle, fingerprint
+from common.errors import InvalidInput
+from common.registry import register_vertical
+from common.vertical import ExampleRequest, Vertical
+from nlp.data import parallel_file, read_parallel
+from nlp.embedded import parallel_phrases
+from nlp.translation_eval import evaluate_translation
+from nlp.translation_predictor import (
+    Lang,
+    Text,
+    TranslationPredictor,
+    TranslationRequest,
+    TranslationResponse,
+)
+from nlp.translation_train import TranslationConfig, fit_translation, publish_translation
+
+__all__ = ["TranslationVertical", "TranslateHTTPRequest", "TranslateBatchResponse"]
+MAX_TEXTS = 64
+
+
+class TranslateHTTPRequest(BaseModel):
+    """One `text` (answer: one result) or `texts` (answer: {"translations": [...]})."""
+
+    model_config = ConfigDict(extra="forbid")
+    text: Text | None = None
+    texts: list[Text] | None = Field(None, min_length=1, max_length=MAX_TEXTS)
+    source_lang: Lang
+    target_lang: Lang
+    max_new_tokens: int | None = Field(None, ge=1, le=512)
+
+
+class TranslateBatchResponse(BaseModel):
+    translations: list[TranslationResponse]
+
+
+@register_vertical("nlp-translation")
+class TranslationVertical(Vertical):
+    title = "machine translation (Marian seq2seq, beam search)"
+    predictor_cls = TranslationPredictor
+    protocols = ("multi30k",)
+
+    def build_router(self, served) -> APIRouter:
+        router = APIRouter(prefix="/nlp/v1", tags=["nlp"])
+
+        @router.post("/translate", response_model=TranslationResponse | TranslateBatchResponse)
+        async def translate(req: TranslateHTTPRequest):
+            if (req.text is None) == (req.texts is None):
+                raise InvalidInput("text", "give exactly one of `text` or `texts`")
+            common = {"source_lang": req.source_lang, "target_lang": req.target_lang,
+                      "max_new_tokens": req.max_new_tokens}
+            if req.text is not None:
+                return await served.predict(TranslationRequest(text=req.text, **common))
+            reqs = [TranslationRequest(text=t, **common) for t in req.texts]
+            return TranslateBatchResponse(translations=await served.predict_many(reqs))
+
+        return router
+
+    def example_requests(self) -> list[ExampleRequest]:
+        out = []
+        for text in ("A dog is running in the park.",
+                     "A woman is reading on a bench. A child is playing in the garden."):
+            p = {"text": text, "source_lang": "en", "target_lang": "de"}
+            out.append(ExampleRequest(payload=p, method="POST", path="/nlp/v1/translate", body=p))
+        return out
+
+    # ---- training -----------------------------------------------------------------------
+    def train_default(self, root: Path, preset: str = "demo") -> Bundle:
+        """The embedded en→de caption phrases (shows the path; not a real translator)."""
+        src, tgt = parallel_phrases()
+        n_val = 32
+        cfg = TranslationConfig.preset("test" if preset == "test" else "demo")
+        fit = fit_translation(src[n_val:], tgt[n_val:], cfg, val=(src[:n_val], tgt[:n_val]))
+        return publish_translation(fit, root, fingerprint("nlp.embedded.parallel", src, tgt),
+                                   "embedded en-de caption phrases")
+
+    def add_train_args(self, parser: argparse.ArgumentParser) -> None:
+        _lang_args(parser)
+        parser.add_argument("--checkpoint", default=None,
+                            help="start from this HF seq2seq folder or cached hub id "
+                                 "(e.g. Helsinki-NLP/opus-mt-en-de) instead of from scratch")
+        parser.add_argument("--epochs", type=int, default=None,
+                            help="0 with --checkpoint: package it without training")
+
+    def train(self, args: argparse.Namespace) -> Bundle:
+        if not args.data and not args.checkpoint:
+            return self.train_default(Path(args.root), args.preset)
+        preset = args.preset if args.preset in ("test", "quick", "full") else "quick"
+        cfg = TranslationConfig.preset(preset, src=args.src, tgt=args.tgt, epochs=args.epochs,
+                                       checkpoint=args.checkpoint, device=args.device)
+        if args.data:
+            src, tgt = read_parallel(args.data, "train", args.src, args.tgt)
+            try:
+                val = read_parallel(args.data, "val", args.src, args.tgt)
+            except InvalidInput:
+                val = None
+            fp = fingerprint([parallel_file(args.data, "train", x) for x in (args.src, args.tgt)])
+        else:
+            src, tgt, val, fp = [], [], None, fingerprint("checkpoint", args.checkpoint)
+            cfg.epochs = 0
+        fit = fit_translation(src, tgt, cfg, val=val)
+        return publish_translation(fit, args.root, fp, str(args.data or args.checkpoint))
+
+    # ---- evaluation ---------------------------------------------------------------------
+    def add_evaluate_args(self, parser: argparse.ArgumentParser) -> None:
+        _lang_args(parser)
+        parser.add_argument("--test-prefix", default="test_2016_flickr",
+                            help="report on <prefix>.<src/tgt>.gz in --data")
+        parser.add_argument("--checkpoint", default=None, help="fine-tune this checkpoint")
+        parser.add_argument("--epochs", type=int, default=None)
+        parser.add_argument("--num-beams", type=int, default=None)
+
+    def evaluate(self, args: argparse.Namespace) -> dict[str, Any]:
+        return evaluate_translation(args)
+
+    # ---- batch scoring ------------------------------------------------------------------
+    def add_score_args(self, parser: argparse.ArgumentParser) -> None:
+        _lang_args(parser)
+        parser.add_argument("--text-column", default="text", help="column holding the text")
+        parser.add_argument("--num-beams", type=int, default=None)
+
+    def predictor_options(self, args: argparse.Namespace) -> dict[str, Any]:
+        beams = getattr(args, "num_beams", None)
+        return {"num_beams": beams} if beams else {}
+
+    def row_to_payload(self, row: dict[str, Any], args: argparse.Namespace | None) -> Any:
+        if args is None:  # rows that are already requests (JSONL of payloads)
+            return row
+        col = args.text_column
+        if col not in row:
+            raise InvalidInput("text_column", f"no column {col!r} in the input")
+        return {"text": row[col], "source_lang": row.get("source_lang") or args.src,
+                "target_lang": row.get("target_lang") or args.tgt}
+
+
+def _lang_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--src", default="en", help="source language code")
+    parser.add_argument("--tgt", default="de", help="target language code")
