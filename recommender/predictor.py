@@ -32,8 +32,8 @@ class RecommenderPredictor(Predictor):
     max_wait_ms = 2.0
     batch_job_size = 1024  # all-users scoring: one matrix product per 1024 users
 
+    @torch.no_grad()
     def setup(self, device: torch.device) -> None:
-        torch.set_grad_enabled(False)
         self.model, self.enc, self.seen, self.popularity, self.titles = read_bundle(self.bundle)
         self.model_name = self.model.kind
         self.extra_seen: dict[str, set[int]] = {}  # user id → item indices from events
@@ -89,6 +89,7 @@ class RecommenderPredictor(Predictor):
         return {"mode": "user", "req": request, "uidx": self.enc.user_index.get(uid, -1),
                 "hist": self.history(uid)}
 
+    @torch.no_grad()  # grad mode is per thread: never switch it off globally
     def predict_batch(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out: list[dict[str, Any] | None] = [None] * len(items)
         users = [n for n, it in enumerate(items) if it["mode"] == "user"]

@@ -1,0 +1,1 @@
+"""Medical imaging vertical: calibrated, explained diagnosis from PNG, DICOM and NIfTI."""

@@ -1,0 +1,223 @@
+"""Readers: PNG/JPEG (Pillow), DICOM (pydicom), NIfTI (nibabel), MedMNIST `.npz` (numpy).
+
+Every image reader returns a float32 array (C, H, W) in [0, 1], C = 1 (grey) or 3 (RGB), and
+raises `InvalidInput("image", "<file>: <reason>")` for empty, corrupt or unsupported input.
+DICOM header values other than the pixel-related ones are never read into messages or logs:
+patient names, ids and dates stay inside the dataset object.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import logging
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from common.errors import InvalidInput
+from medical_imaging.metrics import TASKS, infer_task
+
+__all__ = ["read_image", "decode_image", "sniff_format", "to_model_input", "load_medmnist",
+           "IMAGE_SUFFIXES"]
+log = logging.getLogger(__name__)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".nii", ".nii.gz")
+_PNG, _JPEG, _GZIP = b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"\x1f\x8b"
+
+
+def _bad(name: str, reason: str) -> InvalidInput:
+    return InvalidInput("image", f"{name}: {reason}")
+
+
+def _is_nifti_header(data: bytes) -> bool:
+    if len(data) < 348:
+        return False
+    n1 = data[344:348] in (b"n+1\x00", b"ni1\x00")
+    n2 = len(data) >= 540 and data[4:8] in (b"n+2\x00", b"ni2\x00")
+    return n1 or n2
+
+
+def sniff_format(data: bytes, name: str = "image") -> str:
+    """'png' | 'jpeg' | 'dicom' | 'nifti' from the bytes (the name only breaks DICOM ties)."""
+    if not data:
+        raise _bad(name, "empty file")
+    if data.startswith(_PNG):
+        return "png"
+    if data.startswith(_JPEG):
+        return "jpeg"
+    if len(data) >= 132 and data[128:132] == b"DICM":
+        return "dicom"
+    if data.startswith(_GZIP) or _is_nifti_header(data):
+        return "nifti"
+    if data.startswith(b"PK"):
+        raise _bad(name, "a zip/.npz archive is a dataset, not an image (use it with --data)")
+    if name.lower().endswith((".dcm", ".dicom")):
+        return "dicom"  # DICOM without the 128-byte preamble: let pydicom try
+    raise _bad(name, "unsupported format (expected PNG, JPEG, DICOM or NIfTI)")
+
+
+def _read_pil(data: bytes, name: str) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+                arr = np.asarray(im, dtype=np.float32)
+                return _minmax(arr)[None]
+            if im.mode in ("L", "1", "LA"):
+                return np.asarray(im.convert("L"), dtype=np.float32)[None] / 255.0
+            return np.asarray(im.convert("RGB"), dtype=np.float32).transpose(2, 0, 1) / 255.0
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise _bad(name, f"corrupt or truncated image ({type(e).__name__})") from None
+
+
+def _minmax(arr: np.ndarray) -> np.ndarray:
+    arr = arr.astype(np.float32)
+    lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+    return (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
+
+
+def _first(value: Any) -> float:
+    # WindowCenter/Width may be multi-valued; the first pair is the default view
+    try:
+        return float(value[0])
+    except TypeError:
+        return float(value)
+
+
+def _read_dicom(data: bytes, name: str, window: tuple[float, float] | None = None) -> np.ndarray:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+    from pydicom.pixels import apply_modality_lut, convert_color_space
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError) as e:
+        raise _bad(name, f"not a readable DICOM file ({type(e).__name__})") from None
+    if "PixelData" not in ds:
+        raise _bad(name, "DICOM file holds no pixel data")
+    try:
+        arr = ds.pixel_array
+    except Exception as e:  # pydicom raises many types for bad/unsupported pixel data
+        raise _bad(name, f"DICOM pixel data cannot be decoded ({type(e).__name__})") from None
+    spp = int(ds.get("SamplesPerPixel", 1))
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:  # multi-frame: the middle frame represents the series
+        arr = arr[frames // 2]
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    if spp == 3:
+        if photometric.startswith("YBR"):
+            arr = convert_color_space(arr, photometric, "RGB")
+        return _minmax(arr).transpose(2, 0, 1) if arr.dtype != np.uint8 else \
+            arr.astype(np.float32).transpose(2, 0, 1) / 255.0
+    hu = apply_modality_lut(arr, ds).astype(np.float32)  # rescale slope / intercept
+    if window is None and "WindowCenter" in ds and "WindowWidth" in ds:
+        window = (_first(ds.WindowCenter), _first(ds.WindowWidth))
+    if window is not None and window[1] > 1:
+        # DICOM PS3.3 C.11.2.1.2.1 linear window, mapped straight to [0, 1] (pydicom's
+        # apply_voi_lut maps to the stored bit depth's range, which we would undo again)
+        c, w = window
+        out = np.clip((hu - (c - 0.5)) / (w - 1) + 0.5, 0.0, 1.0)
+    else:
+        out = _minmax(hu)
+    if photometric == "MONOCHROME1":  # high values are dark: invert so bright means dense
+        out = 1.0 - out
+    return out[None].astype(np.float32)
+
+
+def _read_nifti(data: bytes, name: str) -> np.ndarray:
+    import nibabel as nib
+    from monai.transforms import ScaleIntensityRangePercentiles
+
+    try:
+        raw = gzip.decompress(data) if data.startswith(_GZIP) else data
+        cls = nib.Nifti2Image if raw[4:8] in (b"n+2\x00", b"ni2\x00") else nib.Nifti1Image
+        img = cls.from_bytes(raw)
+        vol = np.asarray(img.dataobj, dtype=np.float32)
+    except Exception as e:  # nibabel/gzip raise a wide range of types for bad files
+        raise _bad(name, f"not a readable NIfTI file ({type(e).__name__})") from None
+    vol = np.squeeze(vol)
+    if vol.ndim == 4:  # a series: first time point
+        vol = vol[..., 0]
+    if vol.ndim == 3:  # a volume: the middle axial slice
+        vol = vol[:, :, vol.shape[2] // 2]
+    if vol.ndim != 2 or min(vol.shape) < 2:
+        raise _bad(name, f"NIfTI image of shape {tuple(img.shape)} has no 2D slice")
+    sl = np.rot90(vol)  # voxel (i, j) → display rows/cols, superior at the top
+    scale = ScaleIntensityRangePercentiles(lower=0.5, upper=99.5, b_min=0.0, b_max=1.0, clip=True)
+    return np.asarray(scale(np.ascontiguousarray(sl)[None]), dtype=np.float32)
+
+
+def decode_image(data: bytes, name: str = "image",
+                 window: tuple[float, float] | None = None) -> np.ndarray:
+    """Bytes of one PNG/JPEG/DICOM/NIfTI file → float32 (C, H, W) in [0, 1]."""
+    fmt = sniff_format(data, name)
+    if fmt in ("png", "jpeg"):
+        arr = _read_pil(data, name)
+    elif fmt == "dicom":
+        arr = _read_dicom(data, name, window)
+    else:
+        arr = _read_nifti(data, name)
+    if arr.shape[-1] < 2 or arr.shape[-2] < 2:
+        raise _bad(name, f"image of size {arr.shape[-2]}x{arr.shape[-1]} is too small")
+    if not np.isfinite(arr).all():
+        raise _bad(name, "image holds NaN or infinite values")
+    log.debug("decoded %s image %s", fmt, arr.shape)  # sizes only, never header values
+    return arr
+
+
+def read_image(path: str | Path, window: tuple[float, float] | None = None) -> np.ndarray:
+    """Read one image file (see `decode_image`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise _bad(path.name, "no such file")
+    return decode_image(path.read_bytes(), path.name, window)
+
+
+def to_model_input(arr: np.ndarray, in_channels: int, image_size: int) -> torch.Tensor:
+    """(C, H, W) in [0, 1] → (in_channels, S, S): RGB→grey by luminance or grey→RGB by
+    repetition, then MONAI Resize (area for downsampling, bilinear for upsampling)."""
+    from monai.transforms import Resize
+
+    x = np.asarray(arr, dtype=np.float32)
+    if x.shape[0] == 3 and in_channels == 1:
+        x = np.tensordot(np.array([0.299, 0.587, 0.114], np.float32), x, axes=1)[None]
+    elif x.shape[0] == 1 and in_channels == 3:
+        x = np.repeat(x, 3, axis=0)
+    elif x.shape[0] != in_channels:
+        raise InvalidInput("image", f"{x.shape[0]} channels cannot feed a {in_channels}-channel "
+                                    "model")
+    if x.shape[1:] != (image_size, image_size):
+        down = x.shape[1] * x.shape[2] >= image_size * image_size
+        x = Resize((image_size, image_size), mode="area" if down else "bilinear")(x)
+    return torch.as_tensor(np.asarray(x), dtype=torch.float32).clamp(0, 1).contiguous()
+
+
+def load_medmnist(path: str | Path, task: str | None = None) -> dict[str, Any]:
+    """A MedMNIST `.npz` → {"train"|"val"|"test": (images (N, C, H, W) float [0, 1], labels),
+    "task", "num_classes", "name"}. The task comes from the labels unless given."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidInput("data", f"{path}: no such file")
+    try:
+        d = np.load(path, allow_pickle=False)
+        splits = {}
+        for s in ("train", "val", "test"):
+            imgs, labels = d[f"{s}_images"], d[f"{s}_labels"]
+            x = torch.from_numpy(np.ascontiguousarray(imgs)).float().div(255.0)
+            x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous()
+            splits[s] = (x, np.asarray(labels).astype(np.int64))
+    except (KeyError, ValueError, OSError, zipfile.BadZipFile) as e:
+        raise InvalidInput("data", f"{path.name}: not a MedMNIST .npz file "
+                                   f"({type(e).__name__}: {e})") from None
+    task = task or infer_task(np.concatenate([splits[s][1] for s in splits]))
+    if task not in TASKS:
+        raise InvalidInput("task", f"{task!r} is not one of {', '.join(TASKS)}")
+    y = splits["train"][1]
+    ncls = y.shape[1] if task == "multilabel" else int(max(int(splits[s][1].max())
+                                                          for s in splits) + 1)
+    return {**splits, "task": task, "num_classes": max(ncls, 2), "name": path.stem}
