@@ -57,12 +57,7 @@ class BPR(Recommender):
                   + model.item(j).pow(2).sum()) / len(u)
             return {"loss": loss + reg * l2, "bpr": loss.detach()}
 
-        cfg = TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                          optimizer="adam", seed=self.seed, patience=3 if X_val is not None
-                          else None, eval_batch_size=4096, progress=False)
-        self.train_result_ = fit_with_trainer(
-            net, X, step, lambda m, u: m.full_scores(u), cfg, X_val)
-        net.eval()
+        self._train(net, X, step, X_val)
         self.P_ = net.user.weight.detach().cpu().clone()
         self.Q_ = net.item.weight.detach().cpu().clone()
         self.b_ = net.bias.weight.detach().cpu().clone().squeeze(-1)
@@ -95,3 +90,13 @@ class BPR(Recommender):
         m = cls(**config)
         m.P_, m.Q_, m.b_ = tensors["P"].float(), tensors["Q"].float(), tensors["b"].float()
         return m
+
+    def _train(self, net: nn.Module, X: sp.csr_matrix, step, X_val: sp.csr_matrix | None) -> None:
+        """One shared Trainer run for the pairwise models (BPR-MF and LightGCN): Adam, early
+        stopping on validation NDCG@10 when a validation split is given."""
+        cfg = TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+                          optimizer="adam", seed=self.seed, patience=3 if X_val is not None
+                          else None, eval_batch_size=4096, progress=False)
+        self.train_result_ = fit_with_trainer(
+            net, X, step, lambda m, u: m.full_scores(u), cfg, X_val)
+        net.eval()

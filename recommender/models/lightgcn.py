@@ -12,9 +12,8 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from common.train import TrainConfig
 from recommender.models.bpr import BPR
-from recommender.models.neural import bpr_loss, fit_with_trainer
+from recommender.models.neural import bpr_loss
 
 __all__ = ["LightGCN", "LightGCNNet", "normalized_adjacency"]
 
@@ -107,12 +106,7 @@ class LightGCN(BPR):
                   + e0[n_users + j].pow(2).sum()) / len(u)
             return {"loss": loss + reg * l2, "bpr": loss.detach()}
 
-        cfg = TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                          optimizer="adam", seed=self.seed, patience=3 if X_val is not None
-                          else None, eval_batch_size=4096, progress=False)
-        self.train_result_ = fit_with_trainer(
-            net, X, step, lambda m, u: m.full_scores(u), cfg, X_val)
-        net.eval()
+        self._train(net, X, step, X_val)
         with torch.no_grad():
             users, items = net.propagate()
         self.P_, self.Q_ = users.detach().cpu().clone(), items.detach().cpu().clone()
