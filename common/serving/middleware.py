@@ -35,6 +35,8 @@ class ServingMiddleware:
         self.app = app
         self.api_key = api_key.encode() if api_key else None
         self.max_body = max_body_bytes
+        # (route, method, status) -> metric children: .labels() costs microseconds per call
+        self._children: dict[tuple[str, str, str], tuple] = {}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -114,9 +116,12 @@ class ServingMiddleware:
         finally:
             route = scope.get("route")
             label = getattr(route, "path", None) or ("unmatched" if status_box[0] == 404 else path)
-            status = str(status_box[0])
-            REQUESTS.labels(label, scope["method"], status).inc()
-            LATENCY.labels(label, scope["method"], status).observe(time.perf_counter() - t0)
+            key = (label, scope["method"], str(status_box[0]))
+            children = self._children.get(key)
+            if children is None:
+                children = self._children[key] = (REQUESTS.labels(*key), LATENCY.labels(*key))
+            children[0].inc()
+            children[1].observe(time.perf_counter() - t0)
 
     def _authorised(self, headers: dict[bytes, bytes]) -> bool:
         given = headers.get(b"x-api-key")
