@@ -36,7 +36,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                  max_new_tokens=32),
     "demo": dict(size="demo", epochs=20, batch_size=32, lr=2e-3, warmup_steps=50),
     "quick": dict(size="quick", epochs=2, batch_size=64, lr=2e-3, warmup_steps=200),
-    "full": dict(size="full", epochs=40, batch_size=64, lr=1e-3, warmup_steps=2000),
+    "full": dict(size="full", epochs=10, batch_size=64, lr=1.5e-3, warmup_steps=800),
 }
 
 
