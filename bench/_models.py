@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from common.artifacts import BundleWriter, fingerprint
+from common.batch_io import numeric_columns
 from common.errors import InvalidInput
 from common.predictor import Predictor
 from common.registry import register_vertical
@@ -113,10 +115,15 @@ def to_batch(items: list[np.ndarray]) -> torch.Tensor:
 
 
 @torch.inference_mode()
+def forward_arrays(net: torch.nn.Module, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """One forward on a batch → (labels, probabilities of the label) as arrays."""
+    prob, label = torch.softmax(net(batch), -1).max(-1)
+    return label.numpy(), prob.numpy().astype(np.float64)
+
+
 def forward(net: torch.nn.Module, batch: torch.Tensor) -> list[dict[str, Any]]:
     """One forward on a batch → one plain dict per row (one tolist, no per-row tensor ops)."""
-    p = torch.softmax(net(batch), -1)
-    prob, label = p.max(-1)
+    label, prob = forward_arrays(net, batch)
     return [{"label": lb, "probability": pr} for lb, pr in zip(label.tolist(), prob.tolist(),
                                                               strict=True)]
 
@@ -196,6 +203,20 @@ class _BenchVertical(Vertical):
         if self.model == "mlp" and "x" not in row:  # tabular input: columns f0..f31
             return {"x": [row[f"f{i}"] for i in range(MLP_IN)]}
         return row
+
+    def score_columns(self, predictor, chunk, args):
+        """Tabular MLP input (columns f0..f31): validate and score the chunk column-wise."""
+        if self.model != "mlp" or "x" in chunk:
+            return None
+        x, ok, rejects = numeric_columns(chunk, [f"f{i}" for i in range(MLP_IN)])
+        step = max(1, predictor.batch_job_size)
+        parts = [forward_arrays(predictor.net, torch.from_numpy(x[i : i + step]))
+                 for i in range(0, len(x), step)]
+        label = np.concatenate([p[0] for p in parts]) if parts else np.empty(0, np.int64)
+        prob = np.concatenate([p[1] for p in parts]) if parts else np.empty(0)
+        scores = pd.DataFrame({"row": chunk["__row"].to_numpy()[ok], "label": label,
+                               "probability": prob})
+        return scores, rejects
 
 
 @register_vertical("bench-mlp")

@@ -22,6 +22,7 @@ import os
 import shutil
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from common.batch_io import clean_row, count_rows, flatten, input_files, iter_chunks
+from common.batch_io import clean_row, count_rows, flatten, input_files, iter_chunks, prefetch
 from common.errors import InvalidInput, VerticalsError
 from common.predictor import Predictor
 from common.registry import get_vertical
@@ -49,6 +50,14 @@ def score_frame(
 ) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
     """Score one chunk (with `__row`/`__source` columns): (output rows, reject records)."""
     vertical = get_vertical(vertical_name)
+    columnar = vertical.score_columns(predictor, chunk, args)
+    if columnar is not None:
+        df, rejects = columnar
+        if keep and len(df):
+            kept = chunk.set_index("__row").loc[df["row"].to_numpy()]
+            for i, k in enumerate(keep):
+                df.insert(1 + i, k, kept[k].to_numpy() if k in kept else None)
+        return df, rejects
     rows, rejects, requests, meta = [], [], [], []
     for rec in chunk.to_dict("records"):
         rec = clean_row(rec)
@@ -186,14 +195,22 @@ def score_file(
             vertical, chunks, done, parts, bundle, root, args, keep, ray_actors, bar
         )
     else:
-        for idx, chunk in enumerate(chunks):
-            if custom is not None and "__row" not in chunk:
-                chunk = _number(chunk, read)
-            read += len(chunk)
-            if idx not in done:
-                df, rejects = score_frame(predictor, chunk, vertical, args, keep)
-                _write_atomic(df, rejects, parts, idx)
-            bar.update(len(chunk))
+        # one writer thread: chunk i is written while chunk i+1 is scored (at most one pending,
+        # so memory stays bounded); a part file still appears only once fully written
+        with ThreadPoolExecutor(1, thread_name_prefix="batch-write") as writer:
+            pending: Future | None = None
+            for idx, chunk in enumerate(prefetch(chunks)):
+                if custom is not None and "__row" not in chunk:
+                    chunk = _number(chunk, read)
+                read += len(chunk)
+                if idx not in done:
+                    df, rejects = score_frame(predictor, chunk, vertical, args, keep)
+                    if pending is not None:
+                        pending.result()
+                    pending = writer.submit(_write_atomic, df, rejects, parts, idx)
+                bar.update(len(chunk))
+            if pending is not None:
+                pending.result()
     bar.close()
     scored, rejected = _merge(parts, output)
     if scored + rejected != read:  # never silently lose a row

@@ -93,3 +93,16 @@ class Vertical(ABC):
     def row_to_payload(self, row: dict[str, Any], args: argparse.Namespace | None) -> Any:
         """One input row → one predictor payload (default: the row itself)."""
         return row
+
+    def score_columns(
+        self, predictor: Predictor, chunk: pd.DataFrame, args: argparse.Namespace | None
+    ) -> tuple[pd.DataFrame, list[dict[str, Any]]] | None:
+        """Optional column-at-a-time batch path for tabular verticals: score a whole chunk
+        (with `__row`/`__source` columns) without building a request per row.
+
+        Return (scores with a `row` column and the response's flattened fields, reject records
+        `{"row", "source", "field", "reason"}`), or None (the default) for the per-row path.
+        It must score the same rows with the same values as the per-row path
+        (`tests/common/test_batch_columns.py` checks every vertical that implements it).
+        """
+        return None

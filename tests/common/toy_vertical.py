@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
+import pandas as pd
 import torch
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from common.artifacts import Bundle, BundleWriter, fingerprint
+from common.batch_io import numeric_columns
 from common.errors import InvalidInput
 from common.predictor import Predictor
 from common.registry import register_vertical
@@ -45,8 +48,8 @@ class ToyPredictor(Predictor):
         self.net.eval()
 
     def decode(self, request):
-        if any(v != v for v in request.x):
-            raise InvalidInput("x", "NaN is not allowed")
+        if not all(math.isfinite(v) for v in request.x):
+            raise InvalidInput("x", "NaN and infinity are not allowed")
         return torch.tensor(request.x)
 
     def predict_batch(self, items):
@@ -89,6 +92,19 @@ class ToyVertical(Vertical):
         if set(row) == {"a", "b", "c", "d"}:  # tabular input: four columns
             return {"x": [row["a"], row["b"], row["c"], row["d"]]}
         return row
+
+    columnar = True  # tests switch the column-at-a-time batch path off to compare both
+
+    def score_columns(self, predictor, chunk, args):
+        if not self.columnar or not {"a", "b", "c", "d"} <= set(chunk.columns):
+            return None
+        x, ok, rejects = numeric_columns(chunk, list("abcd"))
+        outs = predictor.predict_batch(list(torch.from_numpy(x))) if len(x) else []
+        scores = pd.DataFrame({"row": chunk["__row"].to_numpy()[ok],
+                               "label": [o["label"] for o in outs],
+                               "probability": [o["probability"] for o in outs],
+                               "model_version": [o["model_version"] for o in outs]})
+        return scores, rejects
 
     def train_default(self, root: Path, preset: str = "demo") -> Bundle:
         w = BundleWriter(root, "toy", "toy-mlp")
