@@ -38,6 +38,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best)")
 
 
+def _work_dir(p: argparse.ArgumentParser, v) -> None:
+    if v.resumable_training:
+        p.add_argument("--work-dir", default=None,
+                       help="keep the Trainer's checkpoints and metrics.jsonl here; rerunning "
+                            "the same command with the same --work-dir resumes where it stopped")
+
+
 def _per_vertical(sub, command: str, help_: str, build) -> None:
     """`verticals <command> <vertical> ...` with each vertical's own options."""
     p = sub.add_parser(command, help=help_, description=help_)
@@ -60,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     def train_args(p, v):
         p.add_argument("--preset", default="demo", help="training preset (test, demo, ...)")
         p.add_argument("--data", default=None, help="train on this data instead of the default")
+        _work_dir(p, v)
         v.add_train_args(p)
 
     _per_vertical(sub, "train", "train a model and publish a bundle", train_args)
@@ -78,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--seeds", type=int, default=None, help="number of seeds")
         p.add_argument("--preset", default="quick", choices=["quick", "full"])
+        _work_dir(p, v)
         v.add_evaluate_args(p)
 
     _per_vertical(

@@ -42,6 +42,8 @@ class Vertical(ABC):
     title: ClassVar[str] = ""
     predictor_cls: ClassVar[type[Predictor]]
     protocols: ClassVar[tuple[str, ...]] = ()
+    # True: `train`/`evaluate` take --work-dir (Trainer checkpoints, resumable long runs)
+    resumable_training: ClassVar[bool] = False
 
     # ---- serving ------------------------------------------------------------------------
     @abstractmethod

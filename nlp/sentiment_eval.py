@@ -145,7 +145,9 @@ def evaluate_sentiment(args: argparse.Namespace) -> dict[str, Any]:
             cfg = SentimentConfig.preset(preset, backbone=args.backbone, epochs=args.epochs,
                                          max_length=args.max_length, seed=seed,
                                          device=args.device)
-            fit = fit_sentiment(tx, ty, cfg, label_names=names)
+            work_dir = getattr(args, "work_dir", None)
+            work = str(Path(work_dir) / f"seed{seed}") if work_dir else None
+            fit = fit_sentiment(tx, ty, cfg, label_names=names, out_dir=work)
             bundle = publish_sentiment(fit, args.root, fingerprint(Path(args.data)), args.data)
             pred = SentimentPredictor.load(bundle.path, device=args.device)
             run = score_predictor(pred, ev_texts, ev_labels)

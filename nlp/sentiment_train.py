@@ -27,6 +27,7 @@ __all__ = ["SentimentConfig", "SentimentFit", "fit_sentiment", "publish_sentimen
 log = logging.getLogger(__name__)
 VERTICAL = "nlp-sentiment"
 
+CHECKPOINT_EVERY = 500  # steps between mid-epoch checkpoints when an out_dir is given
 PRESETS: dict[str, dict[str, Any]] = {
     # seconds: a tiny BERT built from a config, tokenizer trained on the data
     "test": dict(backbone="tiny", epochs=4, batch_size=16, lr=3e-3, max_length=32),
@@ -153,7 +154,8 @@ def fit_sentiment(
         monitor="val_accuracy",
         mode="max",
         out_dir=out_dir,
-        resume=False,
+        resume=out_dir is not None,  # a rerun with the same out_dir continues the run
+        checkpoint_every_steps=CHECKPOINT_EVERY if out_dir else None,
     )
     trainer = Trainer(model, tc, step_fn=step, eval_fn=evaluate, collate_fn=first)
     # the Trainer only needs len() of val data to call eval_fn; eval_fn reads val_ids itself

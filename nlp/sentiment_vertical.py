@@ -40,6 +40,7 @@ class SentimentVertical(Vertical):
     title = "sentiment classification (fine-tuned MiniLM, calibrated)"
     predictor_cls = SentimentPredictor
     protocols = ("holdout",)
+    resumable_training = True
 
     def build_router(self, served) -> APIRouter:
         router = APIRouter(prefix="/nlp/v1", tags=["nlp"])
@@ -86,7 +87,8 @@ class SentimentVertical(Vertical):
         preset = args.preset if args.preset in ("test", "quick", "full") else "quick"
         cfg = SentimentConfig.preset(preset, backbone=args.backbone, epochs=args.epochs,
                                      max_length=args.max_length, device=args.device)
-        fit = fit_sentiment(texts, labels, cfg, label_names=names)
+        fit = fit_sentiment(texts, labels, cfg, label_names=names,
+                            out_dir=getattr(args, "work_dir", None))
         return publish_sentiment(fit, args.root, fingerprint(Path(args.data)), str(args.data))
 
     # ---- evaluation ---------------------------------------------------------------------

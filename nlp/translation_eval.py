@@ -69,7 +69,7 @@ def evaluate_translation(args: argparse.Namespace) -> dict[str, Any]:
         val = read_parallel(args.data, "val", src, tgt) if _has(args.data, "val", src) else None
         cfg = TranslationConfig.preset(preset, src=src, tgt=tgt, epochs=args.epochs,
                                        checkpoint=args.checkpoint, device=args.device)
-        fit = fit_translation(tr_src, tr_tgt, cfg, val=val)
+        fit = fit_translation(tr_src, tr_tgt, cfg, val=val, out_dir=getattr(args, "work_dir", None))
         fp = fingerprint([parallel_file(args.data, "train", lang) for lang in (src, tgt)])
         bundle = publish_translation(fit, args.root, fp, str(args.data))
         pred = TranslationPredictor.load(bundle.path, device=args.device,

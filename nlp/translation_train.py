@@ -31,6 +31,7 @@ __all__ = ["TranslationConfig", "TranslationFit", "fit_translation", "publish_tr
 log = logging.getLogger(__name__)
 VERTICAL = "nlp-translation"
 
+CHECKPOINT_EVERY = 300  # steps between mid-epoch checkpoints when an out_dir is given
 PRESETS: dict[str, dict[str, Any]] = {
     "test": dict(size="test", epochs=6, batch_size=32, lr=3e-3, warmup_steps=10, num_beams=2,
                  max_new_tokens=32),
@@ -140,7 +141,8 @@ def fit_translation(
         monitor="val_loss" if val_ds is not None else "train_loss",
         mode="min",
         out_dir=out_dir,
-        resume=out_dir is not None,
+        resume=out_dir is not None,  # a rerun with the same out_dir continues the run
+        checkpoint_every_steps=CHECKPOINT_EVERY if out_dir else None,
     )
     trainer = Trainer(model, tc, step_fn=step, collate_fn=first)
     result = trainer.fit(train_ds, val_ds)

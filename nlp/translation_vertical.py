@@ -49,6 +49,7 @@ class TranslationVertical(Vertical):
     title = "machine translation (Marian seq2seq, beam search)"
     predictor_cls = TranslationPredictor
     protocols = ("multi30k",)
+    resumable_training = True
 
     def build_router(self, served) -> APIRouter:
         router = APIRouter(prefix="/nlp/v1", tags=["nlp"])
@@ -108,7 +109,7 @@ class TranslationVertical(Vertical):
         else:
             src, tgt, val, fp = [], [], None, fingerprint("checkpoint", args.checkpoint)
             cfg.epochs = 0
-        fit = fit_translation(src, tgt, cfg, val=val)
+        fit = fit_translation(src, tgt, cfg, val=val, out_dir=getattr(args, "work_dir", None))
         return publish_translation(fit, args.root, fp, str(args.data or args.checkpoint))
 
     # ---- evaluation ---------------------------------------------------------------------

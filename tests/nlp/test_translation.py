@@ -137,3 +137,34 @@ def test_evaluate_on_a_data_folder(tmp_path):
     assert report["signatures"]["bleu"].startswith("nrefs:1")
     again = evaluate_translation(argparse.Namespace(**{**vars(args), "bundle": "latest"}))
     assert again["metrics"]["bleu"] == pytest.approx(report["metrics"]["bleu"])
+
+
+def test_work_dir_keeps_checkpoints_and_a_rerun_resumes(tmp_path):
+    """`--work-dir`: the run leaves checkpoints + metrics.jsonl; the same command again resumes
+    from the last checkpoint (here: the finished run) instead of training from scratch."""
+    import torch
+
+    from nlp.translation_train import TranslationConfig, fit_translation
+
+    src, tgt = parallel_phrases()
+    cfg = TranslationConfig.preset("test", epochs=2)
+    work = tmp_path / "work"
+    first = fit_translation(src[:96], tgt[:96], cfg, val=(src[96:128], tgt[96:128]),
+                            out_dir=str(work))
+    assert (work / "metrics.jsonl").exists() and any(work.glob("*.pt"))
+    again = fit_translation(src[:96], tgt[:96], cfg, val=(src[96:128], tgt[96:128]),
+                            out_dir=str(work))
+    for a, b in zip(first.model.state_dict().values(), again.model.state_dict().values(),
+                    strict=True):
+        assert torch.equal(a, b)
+    assert again.best_val_loss == pytest.approx(first.best_val_loss)
+
+
+def test_work_dir_option_only_where_training_resumes():
+    from common.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["evaluate", "nlp-translation", "--out", "r.json", "--work-dir", "w"])
+    assert args.work_dir == "w"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["evaluate", "recommender", "--out", "r.json", "--work-dir", "w"])
