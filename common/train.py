@@ -41,8 +41,9 @@ from tqdm.auto import tqdm
 
 from common.device import autocast, pick_device, resolve_precision, seed_everything
 from common.distributed import init_distributed, is_distributed, is_main, rank
+from common.errors import InvalidInput
 
-__all__ = ["TrainConfig", "Trainer", "TrainResult"]
+__all__ = ["TrainConfig", "Trainer", "TrainResult", "claim_work_dir"]
 log = logging.getLogger(__name__)
 
 StepFn = Callable[[torch.nn.Module, Any], "torch.Tensor | dict[str, torch.Tensor]"]
@@ -465,6 +466,21 @@ class Trainer:
                 )
         else:
             self.bad_epochs += 1
+
+
+def claim_work_dir(out_dir: str | Path | None, job: dict[str, Any]) -> None:
+    """Tie a resumable work dir to one job (config + data fingerprint): the first run writes
+    `job.json`; a rerun with a different job is refused instead of resuming a checkpoint of
+    another model or dataset."""
+    if out_dir is None:
+        return
+    path = Path(out_dir) / "job.json"
+    text = json.dumps(job, sort_keys=True, default=str)
+    if path.exists() and path.read_text() != text:
+        raise InvalidInput("work_dir", f"{out_dir} holds a run of another configuration or "
+                                       "dataset; use a new --work-dir or delete it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
 
 
 def _batch_len(batch: Any) -> int:

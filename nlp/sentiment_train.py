@@ -13,12 +13,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.artifacts import Bundle, BundleWriter
+from common.artifacts import Bundle, BundleWriter, fingerprint
 from common.calibration import apply_temperature, fit_temperature
 from common.device import seed_everything
 from common.errors import InvalidInput
 from common.metrics import accuracy, expected_calibration_error, macro_f1
-from common.train import TrainConfig, Trainer
+from common.train import TrainConfig, Trainer, claim_work_dir
 from nlp.batching import GroupedBatches, first
 from nlp.hf import HF_DIR
 from nlp.sentiment_model import batched_logits, encode, load_backbone
@@ -112,6 +112,9 @@ def fit_sentiment(
 ) -> SentimentFit:
     """Fine-tune `cfg.backbone` on (texts, labels); calibrate on a held-out split."""
     t0 = time.time()
+    claim_work_dir(out_dir, {"config": {k: v for k, v in asdict(cfg).items() if k != "device"},
+                             "labels": list(label_names or []),
+                             "data": fingerprint(texts, [str(v) for v in labels])})
     classes, rename = label_space(labels, label_names)
     y = np.array([classes.index(rename[v]) for v in labels])
     tr, va = _split(len(texts), cfg)

@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.artifacts import Bundle, BundleWriter
+from common.artifacts import Bundle, BundleWriter, fingerprint
 from common.device import seed_everything
 from common.errors import InvalidInput
-from common.train import TrainConfig, Trainer
+from common.train import TrainConfig, Trainer, claim_work_dir
 from nlp.batching import GroupedBatches, first
 from nlp.hf import HF_DIR
 from nlp.translation_model import (
@@ -106,6 +106,8 @@ def fit_translation(
 ) -> TranslationFit:
     """Train (or fine-tune) on the pairs; select the epoch with the lowest validation loss."""
     t0 = time.time()
+    claim_work_dir(out_dir, {"config": {k: v for k, v in asdict(cfg).items() if k != "device"},
+                             "data": fingerprint(src, tgt, *(val or ()))})
     seed_everything(cfg.seed)
     if cfg.checkpoint:
         model, tok = load_checkpoint(cfg.checkpoint)

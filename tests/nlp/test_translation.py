@@ -158,6 +158,8 @@ def test_work_dir_keeps_checkpoints_and_a_rerun_resumes(tmp_path):
                     strict=True):
         assert torch.equal(a, b)
     assert again.best_val_loss == pytest.approx(first.best_val_loss)
+    with pytest.raises(InvalidInput, match="another configuration or dataset"):
+        fit_translation(src[:90], tgt[:90], cfg, out_dir=str(work))
 
 
 def test_work_dir_option_only_where_training_resumes():
