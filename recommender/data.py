@@ -194,6 +194,21 @@ class Encoded:
         m.data[:] = 1.0  # duplicate (user, item) pairs were summed: back to binary
         return m
 
+    def times(self, df: pd.DataFrame) -> sp.csr_matrix:
+        """User×item CSR of interaction timestamps (seconds + 1 after the earliest, so no
+        stored value is 0; the latest event of duplicate pairs), same pattern as `matrix`.
+        Time-aware models read only differences within a user."""
+        d = df.sort_values("timestamp", kind="stable").drop_duplicates(
+            ["user_id", "item_id"], keep="last")
+        u = d["user_id"].map(self.user_index)
+        i = d["item_id"].map(self.item_index)
+        ok = (u.notna() & i.notna()).to_numpy()
+        t = d["timestamp"].to_numpy(dtype=np.float64)[ok]
+        t = t - (t.min() if len(t) else 0.0) + 1.0
+        return sp.csr_matrix((t, (u[ok].astype(np.int64).to_numpy(),
+                                  i[ok].astype(np.int64).to_numpy())),
+                             shape=(self.n_users, self.n_items))
+
 
 def encode(df: pd.DataFrame) -> Encoded:
     """Index every user and item of df (sorted, so the encoding is deterministic)."""

@@ -63,6 +63,7 @@ def run_protocol(df: pd.DataFrame, protocol: str, preset: str = "quick", seeds: 
     train, test = split_for(protocol, df)
     enc = encode(train)
     X, X_test = enc.matrix(train), enc.matrix(test)
+    T = enc.times(train)  # training timestamps only: the test rows' times are never read
     # |relevant| counts every test interaction of a known user, also items unseen in training
     # (no model can rank them, but MS Recommenders counts them in recall/NDCG/MAP)
     counts = test["user_id"].map(enc.user_index).dropna().astype(int).value_counts()
@@ -70,18 +71,19 @@ def run_protocol(df: pd.DataFrame, protocol: str, preset: str = "quick", seeds: 
     n_rel[counts.index.to_numpy()] = counts.to_numpy()
     sub, val = split_for(protocol, train, seed=VALIDATION_SEED)
     t0 = time.perf_counter()
-    winner, table, best = select(enc.matrix(sub), enc.matrix(val), preset, seed=0)
+    winner, table, best = select(enc.matrix(sub), enc.matrix(val), preset, seed=0,
+                                 T_sub=enc.times(sub))
     select_s = time.perf_counter() - t0
     runs, cache = [], {}
     for seed in range(seeds):
         t0 = time.perf_counter()
-        model = fit_spec(winner, X, None, seed, cache)
+        model = fit_spec(winner, X, None, seed, cache, T=T)
         train_s = time.perf_counter() - t0
         m = score_model(model, X, X_test, k, n_rel)
         runs.append({"seed": seed, **m, "train_time_s": round(train_s, 3)})
     baselines = {}
     for kind, spec in best.items():  # winner parts fitted above are reused, not refitted
-        model = fit_spec(spec, X, None, 0, cache)
+        model = fit_spec(spec, X, None, 0, cache, T=T)
         m = score_model(model, X, X_test, k, n_rel)
         baselines[kind] = {**m, "train_time_s": round(model.fit_time_s_, 3),
                            "model": _name(spec)}

@@ -1,8 +1,10 @@
 """Model selection on a validation split carved from the training part (never the test part):
 fit every candidate of the preset's grid on the sub-training rows, score NDCG@10 on the
-validation rows, keep the best configuration of each kind, then try blends of the best model
-with each other kind. The winner is refitted on the whole training part (neural models for the
-epoch count that was best on validation)."""
+validation rows, keep the best configuration of each kind, then grow a blend greedily from the
+best model: each round adds the (kind, weight) that raises validation NDCG@10 most, and stops
+when nothing does. The winner is refitted on the whole training part (neural models for the
+epoch count that was best on validation). Time-aware models get the timestamps of the rows
+they are fitted on (`T`), never of the rows they are scored on."""
 
 from __future__ import annotations
 
@@ -23,45 +25,58 @@ __all__ = ["grid", "fit_spec", "topk_all", "score_model", "select"]
 log = logging.getLogger(__name__)
 Spec = dict[str, Any]
 
+_BPR = {"dim": 64, "epochs": 60, "lr": 1e-2, "reg": 1e-2, "batch_size": 4096, "patience": 5}
+_LGCN = {"dim": 64, "layers": 2, "epochs": 60, "lr": 1e-2, "reg": 1e-3, "batch_size": 8192,
+         "patience": 5}
 _GRIDS: dict[str, list[Spec]] = {
     "test": [
         {"kind": "popularity"},
         {"kind": "itemknn", "config": {"similarity": "jaccard", "neighbors": 50}},
+        {"kind": "rp3beta", "config": {"alpha": 0.8, "beta": 0.3}},
         {"kind": "ease", "config": {"l2": 30.0}},
         {"kind": "ease", "config": {"l2": 100.0}},
+        {"kind": "ease_time", "config": {"l2": 100.0, "alpha": 1.0}},
         {"kind": "bpr", "config": {"dim": 16, "epochs": 8, "lr": 0.02, "batch_size": 1024}},
     ],
     "quick": [
         {"kind": "popularity"},
         *({"kind": "itemknn", "config": {"similarity": s, "neighbors": n}}
           for s in ("jaccard", "cosine") for n in (50, 200)),
-        *({"kind": "ease", "config": {"l2": lam}} for lam in (100.0, 200.0, 300.0, 500.0, 800.0)),
-        {"kind": "bpr", "config": {"dim": 64, "epochs": 20, "lr": 1e-2, "reg": 3e-3,
-                                   "batch_size": 4096}},
-        {"kind": "lightgcn", "config": {"dim": 64, "layers": 3, "epochs": 20, "lr": 1e-2,
-                                        "batch_size": 8192}},
+        *({"kind": "rp3beta", "config": {"alpha": a, "beta": b}}
+          for a in (0.5, 0.8) for b in (0.4, 0.6)),
+        *({"kind": "ease", "config": {"l2": lam}} for lam in (200.0, 300.0, 500.0, 800.0)),
+        *({"kind": "ease_time", "config": {"l2": lam, "alpha": a}}
+          for lam in (500.0, 1000.0, 2000.0) for a in (0.5, 1.0, 2.0)),
+        {"kind": "bpr", "config": dict(_BPR)},
+        {"kind": "lightgcn", "config": dict(_LGCN)},
     ],
 }
 _GRIDS["demo"] = [  # `make demo` budget (~90 s with everything else): no LightGCN
     {"kind": "popularity"},
     {"kind": "itemknn", "config": {"similarity": "cosine", "neighbors": 100}},
+    {"kind": "rp3beta", "config": {"alpha": 0.8, "beta": 0.4}},
     {"kind": "ease", "config": {"l2": 100.0}},
     {"kind": "ease", "config": {"l2": 300.0}},
+    {"kind": "ease_time", "config": {"l2": 300.0, "alpha": 1.0}},
     {"kind": "bpr", "config": {"dim": 32, "epochs": 5, "lr": 1e-2, "reg": 3e-3,
                                "batch_size": 4096}},
 ]
 _GRIDS["full"] = [
     *_GRIDS["quick"][:5],
+    *({"kind": "rp3beta", "config": {"alpha": a, "beta": b, "neighbors": n}}
+      for a in (0.4, 0.6, 0.8, 1.0) for b in (0.3, 0.45, 0.6, 0.75) for n in (0, 200)),
     *({"kind": "ease", "config": {"l2": lam}}
       for lam in (50.0, 100.0, 150.0, 200.0, 250.0, 300.0, 400.0, 500.0, 800.0, 1200.0)),
-    *({"kind": "bpr", "config": {"dim": d, "epochs": 60, "lr": 1e-2, "reg": r,
-                                 "batch_size": 4096}}
-      for d in (64, 128) for r in (1e-3, 3e-3, 1e-2)),
-    *({"kind": "lightgcn", "config": {"dim": 64, "layers": n, "epochs": 60, "lr": 1e-2,
-                                      "reg": r, "batch_size": 8192}}
+    *({"kind": "ease_time", "config": {"l2": lam, "alpha": a, "taus": taus}}
+      for lam in (300.0, 500.0, 1000.0, 2000.0, 4000.0) for a in (0.3, 1.0, 3.0)
+      for taus in ([60.0, 300.0, 1800.0], [300.0], [300.0, 86400.0])),
+    *({"kind": "bpr", "config": {**_BPR, "dim": d, "epochs": 100, "reg": r}}
+      for d in (64, 128) for r in (3e-3, 1e-2, 3e-2)),
+    *({"kind": "lightgcn", "config": {**_LGCN, "layers": n, "epochs": 100, "reg": r}}
       for n in (2, 3) for r in (1e-4, 1e-3)),
 ]
 BLEND_WEIGHTS = (0.1, 0.2, 0.35, 0.5)
+MAX_BLEND_PARTS = 3
 
 
 def grid(preset: str) -> list[Spec]:
@@ -71,11 +86,13 @@ def grid(preset: str) -> list[Spec]:
 
 
 def fit_spec(spec: Spec, X: sp.csr_matrix, X_val: sp.csr_matrix | None = None,
-             seed: int = 0, cache: dict[str, Recommender] | None = None) -> Recommender:
-    """Build and fit the model a spec describes (blends fit their parts). With `cache`, a
-    spec already fitted on the same X (same name and seed) is reused, not refitted."""
+             seed: int = 0, cache: dict[str, Recommender] | None = None,
+             T: sp.csr_matrix | None = None) -> Recommender:
+    """Build and fit the model a spec describes (blends fit their parts); `T` holds the
+    timestamps of X's interactions for time-aware models. With `cache`, a spec already fitted
+    on the same X (same name and seed) is reused, not refitted."""
     if spec["kind"] == "blend":
-        parts = [fit_spec(p, X, X_val, seed, cache) for p in spec["parts"]]
+        parts = [fit_spec(p, X, X_val, seed, cache, T) for p in spec["parts"]]
         return Blend(parts, spec["weights"]).fit_scales(X)
     key = f"{_name(spec)}#seed={seed}"
     if cache is not None and key in cache:
@@ -84,7 +101,7 @@ def fit_spec(spec: Spec, X: sp.csr_matrix, X_val: sp.csr_matrix | None = None,
     if spec["kind"] in ("bpr", "lightgcn"):
         config["seed"] = seed
     t0 = time.perf_counter()
-    model = build_model(spec["kind"], **config).fit(X, X_val=X_val)
+    model = build_model(spec["kind"], **config).fit(X, X_val=X_val, T=T)
     model.fit_time_s_ = time.perf_counter() - t0
     if cache is not None:
         cache[key] = model
@@ -122,12 +139,12 @@ def _name(spec: Spec) -> str:
         return "+".join(f"{w:g}*{_name(p)}" for p, w in zip(spec["parts"], spec["weights"],
                                                             strict=True))
     cfg = ",".join(f"{k}={v}" for k, v in sorted(spec.get("config", {}).items())
-                   if k not in ("seed", "batch_size"))
+                   if k not in ("seed", "batch_size", "patience"))
     return f"{spec['kind']}({cfg})" if cfg else spec["kind"]
 
 
 def select(X_sub: sp.csr_matrix, X_val: sp.csr_matrix, preset: str, seed: int = 0,
-           metric: str = "ndcg_at_10", blend: bool = True
+           metric: str = "ndcg_at_10", blend: bool = True, T_sub: sp.csr_matrix | None = None,
            ) -> tuple[Spec, list[dict[str, Any]], dict[str, Spec]]:
     """(winning spec, validation table, best spec of each kind). Neural specs carry the epoch
     count that was best on validation."""
@@ -135,7 +152,7 @@ def select(X_sub: sp.csr_matrix, X_val: sp.csr_matrix, preset: str, seed: int = 
     fitted: dict[str, Recommender] = {}
     for spec in grid(preset):
         t0 = time.perf_counter()
-        model = fit_spec(spec, X_sub, X_val, seed)
+        model = fit_spec(spec, X_sub, X_val, seed, T=T_sub)
         fit_s = time.perf_counter() - t0
         res = getattr(model, "train_result_", None)
         if res is not None and res.best_epoch:
@@ -151,17 +168,37 @@ def select(X_sub: sp.csr_matrix, X_val: sp.csr_matrix, preset: str, seed: int = 
     top_kind = max(best, key=lambda k: best[k][1])
     winner, win_score = best[top_kind]
     if blend:
-        for kind, (spec, _) in best.items():
-            if kind in (top_kind, "popularity"):
-                continue
-            for w in BLEND_WEIGHTS:
-                b = {"kind": "blend", "parts": [best[top_kind][0], spec], "weights": [1 - w, w]}
-                model = Blend([fitted[top_kind], fitted[kind]], b["weights"]).fit_scales(X_sub)
-                m = score_model(model, X_sub, X_val)
-                table.append({"model": _name(b), "kind": "blend",
-                              **{k: round(v, 5) for k, v in m.items() if k != "n_users"}})
-                if m[metric] > win_score:
-                    winner, win_score = b, m[metric]
+        winner, win_score = _grow_blend(best, fitted, top_kind, X_sub, X_val, metric, table)
     log.info("selected %s (validation %s %.4f)", _name(winner), metric, win_score)
     return winner, table, {k: v[0] for k, v in best.items()}
 
+
+def _grow_blend(best: dict[str, tuple[Spec, float]], fitted: dict[str, Recommender],
+                top_kind: str, X_sub: sp.csr_matrix, X_val: sp.csr_matrix, metric: str,
+                table: list[dict[str, Any]]) -> tuple[Spec, float]:
+    """Greedy forward blending on validation: start from the best single model; each round
+    try every unused kind at each weight in BLEND_WEIGHTS (the current parts keep their
+    relative weights, scaled by 1 − w), keep the best if it beats the current blend."""
+    kinds, weights = [top_kind], [1.0]
+    win_spec, win_score = best[top_kind]
+    while len(kinds) < MAX_BLEND_PARTS:
+        round_best: tuple[float, str, list[float]] | None = None
+        for kind in best:
+            if kind in kinds:
+                continue
+            for w in BLEND_WEIGHTS:
+                ws = [round(x * (1 - w), 4) for x in weights] + [w]
+                model = Blend([fitted[k] for k in kinds + [kind]], ws).fit_scales(X_sub)
+                m = score_model(model, X_sub, X_val)
+                spec = {"kind": "blend", "parts": [best[k][0] for k in kinds + [kind]],
+                        "weights": ws}
+                table.append({"model": _name(spec), "kind": "blend",
+                              **{k: round(v, 5) for k, v in m.items() if k != "n_users"}})
+                if m[metric] > win_score and (round_best is None or m[metric] > round_best[0]):
+                    round_best = (m[metric], kind, ws)
+        if round_best is None:
+            break
+        win_score, kind, weights = round_best
+        kinds.append(kind)
+        win_spec = {"kind": "blend", "parts": [best[k][0] for k in kinds], "weights": weights}
+    return win_spec, win_score

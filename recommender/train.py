@@ -32,9 +32,9 @@ def train_bundle(df: pd.DataFrame, root: str | Path, preset: str = "demo",
     df = to_implicit(df)
     enc = encode(df)
     sub, val = stratified_split(df, ratio=0.75, filter_by="item", seed=7)
-    winner, table, _ = select(enc.matrix(sub), enc.matrix(val), preset)
+    winner, table, _ = select(enc.matrix(sub), enc.matrix(val), preset, T_sub=enc.times(sub))
     X = enc.matrix(df)
-    model = fit_spec(winner, X, None, seed=0)
+    model = fit_spec(winner, X, None, seed=0, T=enc.times(df))
     chosen = next((r for r in table if r["model"] == _name(winner)), {})
     metrics = {f"val_{k}": v for k, v in chosen.items()
                if k in ("precision_at_10", "recall_at_10", "ndcg_at_10", "map_at_10")}

@@ -1,4 +1,5 @@
-"""Recommender models: popularity, item-kNN (SAR-like), EASE, BPR-MF, LightGCN, and blends."""
+"""Recommender models: popularity, item-kNN (SAR-like), RP3beta, EASE, time-aware EASE, BPR-MF,
+LightGCN, and blends."""
 
 from __future__ import annotations
 
@@ -13,12 +14,15 @@ from recommender.models.ease import EASE
 from recommender.models.itemknn import ItemKNN
 from recommender.models.lightgcn import LightGCN
 from recommender.models.popularity import Popularity
+from recommender.models.rp3beta import RP3beta
+from recommender.models.time_ease import TimeEASE
 
-__all__ = ["Recommender", "Popularity", "ItemKNN", "EASE", "BPR", "LightGCN", "Blend",
+__all__ = ["Recommender", "Popularity", "ItemKNN", "RP3beta", "EASE", "TimeEASE", "BPR",
+           "LightGCN", "Blend",
            "model_class", "build_model", "load_model"]
 
 _CLASSES: dict[str, type[Recommender]] = {
-    c.kind: c for c in (Popularity, ItemKNN, EASE, BPR, LightGCN, Blend)
+    c.kind: c for c in (Popularity, ItemKNN, RP3beta, EASE, TimeEASE, BPR, LightGCN, Blend)
 }
 
 

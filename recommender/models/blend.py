@@ -23,7 +23,7 @@ class Blend(Recommender):
     def fit(self, X: sp.csr_matrix, X_val: sp.csr_matrix | None = None, **kw) -> Blend:
         for m in self.models:
             if not hasattr(m, "to_tensors") or not _fitted(m):
-                m.fit(X, X_val=X_val)
+                m.fit(X, X_val=X_val, **kw)
         return self.fit_scales(X)
 
     def fit_scales(self, X: sp.csr_matrix, n: int = 256) -> Blend:

@@ -40,9 +40,9 @@ class BPR(Recommender):
     history_based = False
 
     def __init__(self, dim: int = 64, epochs: int = 40, lr: float = 5e-3, reg: float = 1e-4,
-                 batch_size: int = 2048, seed: int = 0):
+                 batch_size: int = 2048, seed: int = 0, patience: int = 5):
         self.dim, self.epochs, self.lr, self.reg = dim, epochs, lr, reg
-        self.batch_size, self.seed = batch_size, seed
+        self.batch_size, self.seed, self.patience = batch_size, seed, patience
 
     def fit(self, X: sp.csr_matrix, X_val: sp.csr_matrix | None = None, **kw: Any) -> BPR:
         torch.manual_seed(self.seed)
@@ -80,7 +80,7 @@ class BPR(Recommender):
 
     def get_config(self):
         return {"dim": self.dim, "epochs": self.epochs, "lr": self.lr, "reg": self.reg,
-                "batch_size": self.batch_size, "seed": self.seed}
+                "batch_size": self.batch_size, "seed": self.seed, "patience": self.patience}
 
     def to_tensors(self):
         return {"P": self.P_, "Q": self.Q_, "b": self.b_}
@@ -95,8 +95,9 @@ class BPR(Recommender):
         """One shared Trainer run for the pairwise models (BPR-MF and LightGCN): Adam, early
         stopping on validation NDCG@10 when a validation split is given."""
         cfg = TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                          optimizer="adam", seed=self.seed, patience=3 if X_val is not None
-                          else None, eval_batch_size=4096, progress=False)
+                          optimizer="adam", seed=self.seed,
+                          patience=self.patience if X_val is not None else None,
+                          eval_batch_size=4096, progress=False)
         self.train_result_ = fit_with_trainer(
             net, X, step, lambda m, u: m.full_scores(u), cfg, X_val)
         net.eval()

@@ -86,8 +86,9 @@ class LightGCN(BPR):
     kind = "lightgcn"
 
     def __init__(self, dim: int = 64, layers: int = 3, epochs: int = 60, lr: float = 5e-3,
-                 reg: float = 1e-4, batch_size: int = 4096, seed: int = 0):
-        super().__init__(dim=dim, epochs=epochs, lr=lr, reg=reg, batch_size=batch_size, seed=seed)
+                 reg: float = 1e-4, batch_size: int = 4096, seed: int = 0, patience: int = 5):
+        super().__init__(dim=dim, epochs=epochs, lr=lr, reg=reg, batch_size=batch_size, seed=seed,
+                         patience=patience)
         self.layers = layers
 
     def fit(self, X: sp.csr_matrix, X_val: sp.csr_matrix | None = None, **kw: Any) -> LightGCN:

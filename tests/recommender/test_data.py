@@ -111,3 +111,13 @@ def test_synthetic_is_seeded_and_long_tailed():
     counts = a["item_id"].value_counts().to_numpy()
     assert counts[:20].sum() > 3 * counts[-20:].sum()
     assert (a.groupby("user_id")["timestamp"].is_monotonic_increasing).all()
+
+
+def test_times_matrix_aligns_with_interactions(small_df):
+    enc = encode(small_df)
+    X, T = enc.matrix(small_df), enc.times(small_df)
+    assert (X != 0).toarray().tolist() == (T != 0).toarray().tolist()  # same pattern
+    row = small_df.iloc[5]
+    u, i = enc.user_index[row["user_id"]], enc.item_index[row["item_id"]]
+    offset = small_df["timestamp"].min() - 1.0  # stored as seconds + 1 after the earliest
+    assert T[u, i] == row["timestamp"] - offset

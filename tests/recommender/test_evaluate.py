@@ -72,3 +72,21 @@ def test_stratified_split_is_the_protocol_split(small_df):
     a = split_for("stratified", small_df)[0]
     b = stratified_split(small_df, 0.75, "item", 42)[0]
     assert a.index.equals(b.index)
+
+
+@pytest.mark.slow
+def test_blend_and_weights_are_chosen_from_the_validation_table(small_df):
+    from recommender.select import _name, select
+
+    train, _ = split_for("stratified", small_df)
+    sub, val = split_for("stratified", train, seed=VALIDATION_SEED)
+    enc = encode(train)
+    winner, table, best = select(enc.matrix(sub), enc.matrix(val), "test",
+                                 T_sub=enc.times(sub))
+    # the winner is the validation table's best row (a single model or a greedy blend)
+    top = max(table, key=lambda r: r["ndcg_at_10"])
+    assert _name(winner) == top["model"]
+    assert {"ease_time", "rp3beta", "popularity"} <= set(best)
+    if winner["kind"] == "blend":
+        assert sum(winner["weights"]) == pytest.approx(1.0)
+        assert len(winner["parts"]) <= 3

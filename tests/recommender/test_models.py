@@ -8,7 +8,18 @@ import pytest
 import torch
 
 from recommender.data import encode, stratified_split
-from recommender.models import BPR, EASE, Blend, ItemKNN, LightGCN, Popularity, load_model
+from recommender.models import (
+    BPR,
+    EASE,
+    Blend,
+    ItemKNN,
+    LightGCN,
+    Popularity,
+    RP3beta,
+    TimeEASE,
+    load_model,
+)
+from recommender.models.time_ease import time_gram
 from recommender.select import score_model
 
 pytestmark = pytest.mark.slow  # trains models / a bundle (seconds each)
@@ -21,7 +32,17 @@ def split(small_df):
     return enc.matrix(train), enc.matrix(test)
 
 
-def fitted(kind, X):
+@pytest.fixture(scope="module")
+def times(small_df):
+    enc = encode(small_df)
+    return enc.times(stratified_split(small_df, seed=42)[0])
+
+
+def fitted(kind, X, T=None):
+    if kind == "ease_time":
+        return TimeEASE(l2=20.0, alpha=1.0, taus=(3600.0, 86400.0)).fit(X, T=T)
+    if kind == "rp3beta":
+        return RP3beta(alpha=0.8, beta=0.3).fit(X)
     if kind == "bpr":
         return BPR(dim=8, epochs=40, lr=0.02, reg=1e-2, batch_size=128).fit(X)
     if kind == "lightgcn":
@@ -30,17 +51,20 @@ def fitted(kind, X):
             "ease": EASE(l2=20.0)}[kind].fit(X)
 
 
-@pytest.mark.parametrize("kind", ["itemknn", "ease", "bpr", "lightgcn"])
-def test_models_beat_popularity_on_structured_data(kind, split):
+@pytest.mark.parametrize("kind", ["itemknn", "rp3beta", "ease", "ease_time", "bpr", "lightgcn"])
+def test_models_beat_popularity_on_structured_data(kind, split, times):
     X, X_test = split
-    pop = score_model(Popularity().fit(X), X, X_test)["ndcg_at_10"]
-    assert score_model(fitted(kind, X), X, X_test)["ndcg_at_10"] > pop
+    pop = score_model(Popularity().fit(X), X, X_test)
+    got = score_model(fitted(kind, X, times), X, X_test)
+    assert got["ndcg_at_10"] > pop["ndcg_at_10"]
+    assert got["recall_at_10"] > pop["recall_at_10"]
 
 
-@pytest.mark.parametrize("kind", ["popularity", "itemknn", "ease", "bpr", "lightgcn"])
-def test_tensor_round_trip_gives_identical_scores(kind, split):
+@pytest.mark.parametrize("kind", ["popularity", "itemknn", "rp3beta", "ease", "ease_time", "bpr",
+                                  "lightgcn"])
+def test_tensor_round_trip_gives_identical_scores(kind, split, times):
     X, _ = split
-    m = fitted(kind, X)
+    m = fitted(kind, X, times)
     again = load_model(m.kind, m.get_config(), {k: v.clone() for k, v in m.to_tensors().items()})
     users = np.arange(10)
     assert torch.equal(m.scores(X[users], users), again.scores(X[users], users))
@@ -89,3 +113,57 @@ def test_empty_history_users_score_zero_not_crash(split):
         assert torch.all(m.scores(empty, np.array([-1, -1])) == 0)
     bpr = fitted("bpr", X)
     assert torch.all(bpr.user_vectors(empty, np.array([-1, -1])) == 0)
+
+
+def test_time_gram_matches_a_hand_computed_case():
+    # one user rated items 0 and 1 sixty seconds apart, item 2 an hour later; a second user
+    # rated items 0 and 2 at the same second
+    import scipy.sparse as sp
+
+    T = sp.csr_matrix(np.array([[1.0, 61.0, 3601.0], [5.0, 0.0, 5.0]]))
+    g = time_gram(T, 60.0)
+    assert g[0, 1] == pytest.approx(np.exp(-1.0)) and g[1, 0] == g[0, 1]
+    assert g[0, 2] == pytest.approx(np.exp(-60.0) + 1.0)
+    assert g[1, 2] == pytest.approx(np.exp(-59.0))
+    assert np.allclose(np.diag(g), [2.0, 1.0, 2.0])  # one per rating of the item
+
+
+def test_time_ease_without_timestamps_is_ease(split, times):
+    X, _ = split
+    plain = EASE(l2=20.0).fit(X).B_
+    assert torch.allclose(TimeEASE(l2=20.0).fit(X).B_, plain)
+    assert torch.allclose(TimeEASE(l2=20.0, alpha=0.0).fit(X, T=times).B_, plain)
+    # with timestamps the time term changes the weights
+    assert not torch.allclose(TimeEASE(l2=20.0, alpha=1.0).fit(X, T=times).B_, plain)
+
+
+def test_time_ease_uses_session_co_occurrence():
+    """Every user rated items 0, 1 and 2 (equal co-occurrence), item 1 half a minute after
+    item 0 and item 2 a month later: only the time-aware model ranks 1 above 2 for a user
+    whose history is item 0."""
+    import scipy.sparse as sp
+
+    n = 40
+    rows = np.repeat(np.arange(n), 3)
+    cols = np.tile([0, 1, 2], n)
+    ts = (1e7 * rows + np.tile([0.0, 30.0, 30 * 86400.0], n)) + 1.0
+    X = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(n, 3))
+    T = sp.csr_matrix((ts, (rows, cols)), shape=(n, 3))
+    q = sp.csr_matrix((np.ones(1, np.float32), ([0], [0])), shape=(1, 3))
+    plain = EASE(l2=1.0).fit(X).scores(q, np.array([-1]))[0]
+    timed = TimeEASE(l2=1.0, alpha=1.0, taus=(60.0,)).fit(X, T=T).scores(q, np.array([-1]))[0]
+    assert plain[1] == pytest.approx(plain[2])
+    assert timed[1] > timed[2]
+
+
+def test_rp3beta_popularity_penalty(split):
+    X, _ = split
+    pop = np.asarray(X.sum(axis=0)).ravel()
+    head = np.argsort(-pop)[:10]
+
+    def head_share(model):
+        top = torch.topk(model.scores(X, np.arange(X.shape[0])), 10, dim=1).indices.numpy()
+        return np.isin(top, head).mean()
+
+    # a larger beta divides popular destinations out more: fewer head items recommended
+    assert head_share(RP3beta(beta=0.8).fit(X)) < head_share(RP3beta(beta=0.0).fit(X))
