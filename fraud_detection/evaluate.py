@@ -3,10 +3,11 @@ protocol (train 7 days, 7-day delay, test 7 days; 4 folds going back a test leng
 
 Per test fold with training start s:
 - baselines on the 15 handbook features: default logistic regression (standardised) and
-  untuned XGBoost;
-- ours: XGBoost whose feature set and hyper-parameters are chosen on the fold's validation
-  split only (the same protocol started test + delay days earlier, so its test window is the
-  fold's training week and nothing after it is seen), then refitted on the fold's training week;
+  XGBoost with our defaults (model.XGB_DEFAULTS, not tuned per fold);
+- ours: XGBoost whose feature set (handbook 15, + our 6 extras, + our 7 history features) and
+  hyper-parameters are chosen on the fold's validation split only (the same protocol started
+  test + delay days earlier, so its test window is the fold's training week and nothing after
+  it is seen), then refitted on the fold's training week;
 - nets through the shared Trainer, early-stopped on the week before the training week: a
   feed-forward net (both presets) and a GRU over each card's last 5 transactions (full only).
 Metrics: ROC AUC, average precision, Card Precision@100 (daily, known cards removed).
@@ -24,25 +25,38 @@ import pandas as pd
 
 from common.errors import InvalidInput
 from common.reports import build_report
-from fraud_detection.features import ALL_FEATURES, HANDBOOK_FEATURES, compute_features
+from fraud_detection.features import (
+    ALL_FEATURES,
+    EXTRA_FEATURES,
+    HANDBOOK_FEATURES,
+    compute_features,
+    known_fraud_counts,
+    to_seconds,
+)
 from fraud_detection.protocol import day_index, prequential_splits, score_split, train_test_split
 
 __all__ = ["add_args", "run", "GRIDS"]
 log = logging.getLogger(__name__)
 
-FEATURE_SETS = {"handbook15": HANDBOOK_FEATURES, "all": ALL_FEATURES}
-_P = {"n_estimators": 300, "learning_rate": 0.05}
+FEATURE_SETS = {"handbook15": HANDBOOK_FEATURES, "extended21": HANDBOOK_FEATURES + EXTRA_FEATURES,
+                "all": ALL_FEATURES}
+# max_bin 1024 (XGBoost's default is 256): with 256 quantile bins the few large amounts share
+# wide top bins, blurring sharp amount thresholds; chosen on development folds that end before
+# the first test fold (train starts 2018-05-30..06-20), AP 0.754 -> 0.759 there.
+_P = {"n_estimators": 300, "learning_rate": 0.05, "max_bin": 1024, "min_child_weight": 5,
+      "subsample": 0.8, "colsample_bytree": 0.8}  # every entry spelled out in full
 GRIDS: dict[str, list[dict[str, Any]]] = {
     "quick": [
         {**_P, "max_depth": 3},
-        {**_P, "max_depth": 4, "min_child_weight": 5, "subsample": 0.8, "colsample_bytree": 0.8},
-        {**_P, "max_depth": 6, "min_child_weight": 10, "subsample": 0.8, "colsample_bytree": 0.6},
+        {**_P, "max_depth": 4},
+        {**_P, "max_depth": 6, "min_child_weight": 10, "colsample_bytree": 0.6},
     ],
 }
 GRIDS["full"] = GRIDS["quick"] + [
     {"n_estimators": 600, "learning_rate": 0.02, "max_depth": 5, "min_child_weight": 5,
-     "subsample": 0.8, "colsample_bytree": 0.8},
-    {"n_estimators": 200, "learning_rate": 0.1, "max_depth": 3, "subsample": 0.8},
+     "subsample": 0.8, "colsample_bytree": 0.8, "max_bin": 1024},
+    {"n_estimators": 200, "learning_rate": 0.1, "max_depth": 3, "subsample": 0.8,
+     "max_bin": 1024},
 ]
 PUBLISHED = {
     "handbook_logistic_regression_reference_split": {
@@ -130,7 +144,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     start = _pick_start(df, args)
     t_feat = time.time()
     X = compute_features(df, args.delay_days)
-    log.info("features for %d rows in %.1fs", len(df), time.time() - t_feat)
+    feat_s = time.time() - t_feat
+    log.info("features for %d rows in %.1fs", len(df), feat_s)
     y = df["TX_FRAUD"].to_numpy()
     lens = dict(n_train=args.train_days, n_delay=args.delay_days, n_test=args.test_days)
     folds = prequential_splits(df, start, args.folds, **lens)
@@ -138,7 +153,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     bundle_scorer = _bundle_scorer(args.bundle, args.root) if args.bundle else None
     per_fold, base = [], {"logistic_regression": [], "xgboost_handbook_features": []}
     nets_out: dict[str, list] = {n: [] for n in nets}
-    selection = []
+    selection, fold_scores = [], []
     for f, sp in enumerate(folds):
         tr, te = sp.train, sp.test
         base["logistic_regression"].append(
@@ -155,6 +170,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             scores = np.mean([_xgb(X.iloc[tr][FEATURE_SETS[fs]].to_numpy(), y[tr],
                                    X.iloc[te][FEATURE_SETS[fs]].to_numpy(), params, seed=s)
                               for s in range(seeds)], axis=0)
+        fold_scores.append(scores)
         m = score_split(df, te, scores)
         m["train_start"] = str(sp.train_start.date())
         per_fold.append(m)
@@ -173,12 +189,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "reference_split_logistic_regression": base["logistic_regression"][0] if ref else None,
         "selection": selection,
         "per_fold_baselines": {**base, **nets_out},
-        "diagnostics": _diagnostics(df, X, folds),
+        "diagnostics": _diagnostics(df, folds, fold_scores, args.delay_days),
     }
     config = {"train_start": str(start.date()), **lens, "folds": args.folds, "preset": preset,
               "seeds": seeds, "nets": nets, "grid": GRIDS[preset],
               "feature_sets": list(FEATURE_SETS), "model": "xgboost (selected per fold)",
-              "rows": len(df), "features_seconds": round(time.time() - t_feat, 1)}
+              "rows": len(df), "features_seconds": round(feat_s, 1)}
     if args.bundle:
         config["model"] = f"bundle {args.bundle} (not retrained)"
     return build_report("fraud", "handbook", str(args.data), per_fold, baselines=baselines,
@@ -246,29 +262,51 @@ def _mean(runs: list[dict]) -> dict[str, float]:
     return out
 
 
-def _diagnostics(df, X, folds) -> dict[str, Any]:
-    """How many test frauds carry no usable signal: frauds at a terminal whose compromise is
-    younger than the label delay (scenario 2 with no known fraud there yet). Needs the
-    simulator's TX_FRAUD_SCENARIO column; it only describes the data, no model uses it."""
+def _diagnostics(df, folds, fold_scores, delay_days) -> dict[str, Any]:
+    """How many test frauds carry no usable signal, and what that caps. Needs the simulator's
+    TX_FRAUD_SCENARIO column; it only describes the data, no model uses it.
+
+    A scenario-2 fraud (compromised terminal) is "blind" when no scenario-2 fraud of its
+    terminal is known yet (none in the delayed 30-day window): the compromise began less than
+    the label delay ago, or the terminal saw no transaction since it began. Known frauds of
+    the other scenarios there do not reveal the compromise, so they do not count (counting any
+    known fraud, as the first version did, calls a few blind frauds visible). The oracle ranks
+    every other fraud first and the blind ones among the legitimate rows; `blind_vs_legit_auc`
+    is our model's AUC of blind frauds against legitimate rows (0.5: no signal at all)."""
     if "TX_FRAUD_SCENARIO" not in df:
         return {}
+    from common import metrics as M
+
+    scen = df["TX_FRAUD_SCENARIO"].to_numpy()
+    y = df["TX_FRAUD"].to_numpy()
+    sec = to_seconds(df["TX_DATETIME"])
+    term = df["TERMINAL_ID"].to_numpy()
+    known_s2 = known_fraud_counts(term, sec, scen == 2, delay_days)
+    known_any = known_fraud_counts(term, sec, y, delay_days)
     out = []
-    for sp in folds:
+    for sp, scores in zip(folds, fold_scores, strict=True):
         te = sp.test
-        sc = df["TX_FRAUD_SCENARIO"].to_numpy()[te]
-        blind = (sc == 2) & (X["TERMINAL_ID_NB_FRAUD_30DAY_WINDOW"].to_numpy()[te] == 0)
-        # an oracle ranking every other fraud first and the blind ones among the legit rows
+        sc = scen[te]
+        blind = (sc == 2) & (known_s2[te] == 0)
         oracle = ((sc > 0) & ~blind).astype(np.float64)
         m = score_split(df, te, oracle)
-        out.append({"test_frauds": int((sc > 0).sum()), "no_signal_frauds": int(blind.sum()),
-                    "oracle_roc_auc": round(m["roc_auc"], 4),
-                    "oracle_average_precision": round(m["average_precision"], 4),
-                    "oracle_card_precision_at_100": round(m["card_precision_at_100"], 4)})
+        legit = sc == 0
+        pick = blind | legit
+        out.append({
+            "test_frauds": int((sc > 0).sum()), "no_signal_frauds": int(blind.sum()),
+            "no_signal_frauds_any_known_fraud_rule": int(((sc == 2) & (known_any[te] == 0)).sum()),
+            "oracle_roc_auc": round(m["roc_auc"], 4),
+            "oracle_average_precision": round(m["average_precision"], 4),
+            "oracle_card_precision_at_100": round(m["card_precision_at_100"], 4),
+            "blind_vs_legit_auc": round(M.roc_auc(blind[pick].astype(int), scores[pick]), 4)
+            if blind.any() else None,
+        })
     share = sum(o["no_signal_frauds"] for o in out) / max(1, sum(o["test_frauds"] for o in out))
-    return {"per_fold": out, "no_signal_share": round(share, 4),
-            "oracle_roc_auc": round(float(np.mean([o["oracle_roc_auc"] for o in out])), 4),
-            **{f"oracle_{k}": round(float(np.mean([o[f"oracle_{k}"] for o in out])), 4)
-               for k in ("average_precision", "card_precision_at_100")},
-            "note": "frauds at terminals compromised less than the label delay ago look like "
-                    "any other transaction; they bound AUC and AP from above"}
-
+    keys = ("oracle_roc_auc", "oracle_average_precision", "oracle_card_precision_at_100",
+            "blind_vs_legit_auc")
+    vals = {k: [o[k] for o in out if o[k] is not None] for k in keys}
+    mean = {k: round(float(np.mean(v)), 4) if v else None for k, v in vals.items()}
+    return {"per_fold": out, "no_signal_share": round(share, 4), **mean,
+            "note": "frauds at terminals whose compromise is not yet visible in the known "
+                    "(delayed) labels look like any other transaction; ranked at random they "
+                    "cap AUC near 1 - share / 2 and bound AP and CP@100 from above"}

@@ -26,7 +26,7 @@ from common.errors import InvalidInput
 from common.predictor import Predictor
 from fraud_detection.decision import DecisionPolicy
 from fraud_detection.explain import top_reasons, tree_contributions
-from fraud_detection.features import derive, to_cents
+from fraud_detection.features import derive, stack_aggregates, to_cents
 from fraud_detection.model import PlattCalibrator
 from fraud_detection.schemas import Score, Transaction
 from fraud_detection.store import FeatureStore, MemoryStore, RedisStore, Tx
@@ -84,12 +84,10 @@ class FraudPredictor(Predictor):
 
     def features_of(self, items: list[Tx]) -> np.ndarray:
         """Features of items in order, recording each in the store (the online path)."""
-        aggs = [self.store.observe(tx) for tx in items]
-        c_n, c_cents, t_n, t_f, last = (np.array([a[i] for a in aggs], np.int64)
-                                        for i in range(5))
+        aggs = stack_aggregates([self.store.observe(tx) for tx in items])
         amount = np.array([tx.cents for tx in items], np.int64) / 100.0
         seconds = np.array([tx.seconds for tx in items], np.int64)
-        return derive(amount, seconds, c_n, c_cents, t_n, t_f, last, names=self.features)
+        return derive(amount, seconds, aggs, names=self.features)
 
     def predict_batch(self, items: list[Tx]) -> list[dict[str, Any]]:
         import xgboost as xgb

@@ -1,7 +1,7 @@
 """Online feature state: per-customer and per-terminal history for scoring one transaction.
 
 `MemoryStore` keeps it in-process (the default); `RedisStore` keeps it in Redis so several
-replicas share it. Both answer `observe(tx)` with the window aggregates of `features.derive`
+replicas share it. Both answer `observe(tx)` with the window `Aggregates` of `features.derive`
 (the history strictly earlier in (time, id) order plus the transaction itself) and record the
 transaction; `label(tx_id, fraud)` attaches a (late) label that feeds the delayed terminal
 windows. Re-scoring a transaction id already recorded excludes the stored copy, so a retry gets
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from fraud_detection.features import DAY, LAST_K, WINDOWS
+from fraud_detection.features import DAY, LARGE_DAYS, LARGE_FACTOR, LAST_K, WINDOWS, Aggregates
 
 __all__ = ["Tx", "FeatureStore", "MemoryStore", "RedisStore", "SNAPSHOT_COLUMNS"]
 SNAPSHOT_COLUMNS = ["TRANSACTION_ID", "SECONDS", "CUSTOMER_ID", "TERMINAL_ID", "CENTS", "LABEL"]
@@ -32,9 +32,6 @@ class Tx:
     customer_id: int
     terminal_id: int
     cents: int
-
-
-Aggregates = tuple[list[int], list[int], list[int], list[int], int]
 
 
 class FeatureStore(ABC):
@@ -61,27 +58,39 @@ class FeatureStore(ABC):
     def snapshot(self) -> pd.DataFrame:
         """The state as a frame of SNAPSHOT_COLUMNS."""
 
-    # shared arithmetic: the same sums for both backends
-    def _customer_aggs(self, tx: Tx, hist: list[tuple[int, int, int]]):
-        c_n, c_cents = [], []
-        for w in WINDOWS:
-            lo = tx.seconds - w * DAY
-            sel = [c for s, i, c in hist if lo < s <= tx.seconds and i != tx.transaction_id]
-            c_n.append(len(sel) + 1)
-            c_cents.append(sum(sel) + tx.cents)
-        return c_n, c_cents
+    # shared arithmetic: the same sums for both backends, mirroring features.batch_aggregates
+    def _aggregates(self, tx: Tx, c_hist: list[tuple[int, int, int]],
+                    t_hist: list[tuple[int, int, int]], frauds: set[int]) -> Aggregates:
+        """c_hist: the card's (seconds, id, cents) in its 30-day window; t_hist: the terminal's
+        (seconds, id, cents) up to t - delay; frauds: the terminal's ids labelled fraud."""
+        earlier = [(s, c) for s, i, c in c_hist
+                   if tx.seconds - max(WINDOWS) * DAY < s <= tx.seconds
+                   and i != tx.transaction_id]
+        c_n = [sum(1 for s, _ in earlier if s > tx.seconds - w * DAY) + 1 for w in WINDOWS]
+        c_cents = [sum(c for s, c in earlier if s > tx.seconds - w * DAY) + tx.cents
+                   for w in WINDOWS]
+        c_max = max((c for _, c in earlier), default=-1)
+        c_large = sum(1 for s, c in earlier if s > tx.seconds - LARGE_DAYS * DAY
+                      and c * c_n[-1] > LARGE_FACTOR * c_cents[-1])
 
-    def _terminal_aggs(self, tx: Tx, hist: list[tuple[int, int]], frauds: set[int]):
         hi = tx.seconds - self.delay
-        t_n, t_f = [], []
-        for w in WINDOWS:
-            lo = hi - w * DAY
-            sel = [i for s, i in hist if lo < s <= hi]
-            t_n.append(len(sel))
-            t_f.append(sum(i in frauds for i in sel))
-        lo = hi - max(WINDOWS) * DAY
-        last = [i for s, i in sorted(hist) if lo < s <= hi][-LAST_K:]
-        return t_n, t_f, sum(i in frauds for i in last)
+        known = sorted((s, i, c) for s, i, c in t_hist if hi - max(WINDOWS) * DAY < s <= hi)
+        t_n = [sum(1 for s, _, _ in known if s > hi - w * DAY) for w in WINDOWS]
+        t_f = [sum(1 for s, i, _ in known if s > hi - w * DAY and i in frauds) for w in WINDOWS]
+        flags = [i in frauds for _, i, _ in known]
+        f_rows = [(s, c) for (s, _, c), f in zip(known, flags, strict=True) if f]
+        legit = [s for (s, _, _), f in zip(known, flags, strict=True) if not f]
+        today = tx.seconds // DAY
+        trail = len(flags) - 1 - max((k for k, f in enumerate(flags) if not f), default=-1)
+        return Aggregates(
+            c_n=c_n, c_cents=c_cents, c_max=c_max, c_large=c_large, t_n=t_n, t_f=t_f,
+            t_last=sum(flags[-LAST_K:]),
+            t_first_age=today - f_rows[0][0] // DAY if f_rows else -1,
+            t_legit_age=today - legit[-1] // DAY if legit else -1,
+            t_fraud_days=len({s // DAY for s, _ in f_rows}),
+            t_trail=trail,
+            t_fraud_cents=sum(c for _, c in f_rows),
+        )
 
 
 class MemoryStore(FeatureStore):
@@ -90,7 +99,7 @@ class MemoryStore(FeatureStore):
     def __init__(self, delay_days: int = 7):
         super().__init__(delay_days)
         self.cust: dict[int, list[tuple[int, int, int]]] = {}
-        self.term: dict[int, list[tuple[int, int]]] = {}
+        self.term: dict[int, list[tuple[int, int, int]]] = {}  # (seconds, id, cents)
         self.txs: dict[int, list[int]] = {}  # id -> [customer, terminal, seconds, cents, label]
         self.frauds: dict[int, set[int]] = {}  # terminal -> ids labelled fraud
         self._recorded = 0
@@ -99,13 +108,12 @@ class MemoryStore(FeatureStore):
         ch = self.cust.setdefault(tx.customer_id, [])
         th = self.term.setdefault(tx.terminal_id, [])
         i0 = bisect.bisect_right(ch, (tx.seconds - self.c_horizon, 2**63, 0))
-        c_n, c_cents = self._customer_aggs(tx, ch[i0:])
-        lo = bisect.bisect_right(th, (tx.seconds - self.t_horizon, 2**63))
-        hi = bisect.bisect_right(th, (tx.seconds - self.delay, 2**63))
+        lo = bisect.bisect_right(th, (tx.seconds - self.t_horizon, 2**63, 0))
+        hi = bisect.bisect_right(th, (tx.seconds - self.delay, 2**63, 0))
         frauds = self.frauds.get(tx.terminal_id, set())
-        t_n, t_f, last = self._terminal_aggs(tx, th[lo:hi], frauds)
+        aggs = self._aggregates(tx, ch[i0:], th[lo:hi], frauds)
         self._record(tx, label=-1)
-        return c_n, c_cents, t_n, t_f, last
+        return aggs
 
     def _record(self, tx: Tx, label: int) -> None:
         old = self.txs.get(tx.transaction_id)
@@ -117,8 +125,8 @@ class MemoryStore(FeatureStore):
         bisect.insort(ch, (tx.seconds, tx.transaction_id, tx.cents))
         del ch[: bisect.bisect_right(ch, (tx.seconds - self.c_horizon, 2**63, 0))]
         th = self.term.setdefault(tx.terminal_id, [])
-        bisect.insort(th, (tx.seconds, tx.transaction_id))
-        del th[: bisect.bisect_right(th, (tx.seconds - self.t_horizon, 2**63))]
+        bisect.insort(th, (tx.seconds, tx.transaction_id, tx.cents))
+        del th[: bisect.bisect_right(th, (tx.seconds - self.t_horizon, 2**63, 0))]
         self.txs[tx.transaction_id] = [tx.customer_id, tx.terminal_id, tx.seconds, tx.cents, -1]
         if label >= 0:
             self.label(tx.transaction_id, bool(label))
@@ -128,7 +136,7 @@ class MemoryStore(FeatureStore):
 
     def _forget(self, tid: int) -> None:
         c, t, s, cents, _ = self.txs.pop(tid)
-        for lst, item in ((self.cust.get(c), (s, tid, cents)), (self.term.get(t), (s, tid))):
+        for lst, item in ((self.cust.get(c), (s, tid, cents)), (self.term.get(t), (s, tid, cents))):
             if lst and item in lst:
                 lst.remove(item)
         self.frauds.get(t, set()).discard(tid)
@@ -167,7 +175,7 @@ class MemoryStore(FeatureStore):
 class RedisStore(FeatureStore):
     """State in Redis (sorted sets scored by time), shared by replicas under `namespace`.
 
-    Keys: {ns}:c:<customer> members "<id>:<cents>"; {ns}:t:<terminal> and {ns}:f:<terminal>
+    Keys: {ns}:c:<customer> and {ns}:t:<terminal> members "<id>:<cents>"; {ns}:f:<terminal>
     (fraud-labelled) members "<id>"; {ns}:tx hash id -> "customer:terminal:seconds:cents",
     {ns}:txt the same ids scored by time (to prune), {ns}:label hash id -> 0/1.
     Each observe is one MULTI/EXEC round trip.
@@ -189,11 +197,8 @@ class RedisStore(FeatureStore):
         p.zrangebyscore(f"{ns}:f:{tx.terminal_id}", f"({s - self.t_horizon}", hi)
         self._write(p, tx)
         c_raw, t_raw, f_raw = p.execute()[:3]
-        ch = [(int(sc), int(m.split(b":")[0]), int(m.split(b":")[1])) for m, sc in c_raw]
-        th = [(int(sc), int(m)) for m, sc in t_raw]
-        c_n, c_cents = self._customer_aggs(tx, ch)
-        t_n, t_f, last = self._terminal_aggs(tx, th, {int(m) for m in f_raw})
-        return c_n, c_cents, t_n, t_f, last
+        ch, th = ([(int(sc), *map(int, m.split(b":"))) for m, sc in raw] for raw in (c_raw, t_raw))
+        return self._aggregates(tx, ch, th, {int(m) for m in f_raw})
 
     @staticmethod
     def _encode(tx: Tx) -> str:
@@ -203,7 +208,7 @@ class RedisStore(FeatureStore):
         ns, s, tid = self.ns, tx.seconds, tx.transaction_id
         p.zadd(f"{ns}:c:{tx.customer_id}", {f"{tid}:{tx.cents}": s})
         p.zremrangebyscore(f"{ns}:c:{tx.customer_id}", "-inf", s - self.c_horizon)
-        p.zadd(f"{ns}:t:{tx.terminal_id}", {str(tid): s})
+        p.zadd(f"{ns}:t:{tx.terminal_id}", {f"{tid}:{tx.cents}": s})
         p.zremrangebyscore(f"{ns}:t:{tx.terminal_id}", "-inf", s - self.t_horizon)
         p.zremrangebyscore(f"{ns}:f:{tx.terminal_id}", "-inf", s - self.t_horizon)
         p.hset(f"{ns}:tx", tid, self._encode(tx))

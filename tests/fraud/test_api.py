@@ -94,7 +94,8 @@ def test_late_labels_update_terminal_risk(fraud_root):
     codes = {r["code"] for r in answers[True]["reasons"]}
     assert codes & {"TERMINAL_FRAUD_RATE_1D", "TERMINAL_FRAUD_RATE_7D", "TERMINAL_FRAUD_RATE_30D",
                     "TERMINAL_FRAUD_COUNT_7D", "TERMINAL_FRAUD_COUNT_30D",
-                    "TERMINAL_RECENT_FRAUDS"}
+                    "TERMINAL_RECENT_FRAUDS", "TERMINAL_FRAUD_AGE_DAYS", "TERMINAL_FRAUD_DAYS_30D",
+                    "TERMINAL_FRAUD_STREAK", "TERMINAL_FRAUD_AVG_AMOUNT"}
 
 
 @pytest.mark.slow

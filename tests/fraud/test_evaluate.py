@@ -37,6 +37,8 @@ def test_handbook_protocol_report(data_dir, tmp_path):
     assert {"logistic_regression", "xgboost_handbook_features", "mlp"} <= set(r["baselines"])
     assert r["metrics"]["roc_auc"] > 0.7  # frauds are far from random here
     assert r["diagnostics"]["oracle_roc_auc"] <= 1.0
+    assert 0.0 <= r["diagnostics"]["blind_vs_legit_auc"] <= 1.0
+    assert {s["features"] for s in r["selection"]} <= {"handbook15", "extended21", "all"}
 
 
 def test_too_little_history_is_refused(data_dir):

@@ -1,5 +1,6 @@
-"""Features: the vectorised batch code equals the handbook's pandas definition, and online
-features from a replayed stream (in-memory and Redis stores) equal the batch ones row for row."""
+"""Features: the vectorised batch code equals the handbook's pandas definition (and a plain
+per-row reading of our history features), and online features from a replayed stream
+(in-memory and Redis stores) equal the batch ones row for row, every feature included."""
 
 from __future__ import annotations
 
@@ -12,9 +13,12 @@ import pytest
 from fraud_detection.data import validate
 from fraud_detection.features import (
     ALL_FEATURES,
+    DAY,
     HANDBOOK_FEATURES,
+    HISTORY_FEATURES,
     compute_features,
     derive,
+    stack_aggregates,
     to_cents,
     to_seconds,
 )
@@ -87,26 +91,117 @@ def replay(df: pd.DataFrame, store) -> np.ndarray:
                 int(row.TERMINAL_ID), int(cents[i]))
         aggs.append(store.observe(tx))
         store.label(tx.transaction_id, bool(row.TX_FRAUD))
-    parts = [np.array([a[k] for a in aggs], np.int64) for k in range(5)]
-    return derive(cents / 100.0, seconds, *parts)
+    return derive(cents / 100.0, seconds, stack_aggregates(aggs))
+
+
+def history_reference(df: pd.DataFrame, delay: int = 7) -> pd.DataFrame:
+    """Our history features read literally, one row at a time (small data only)."""
+    sec = to_seconds(df["TX_DATETIME"])
+    cents = to_cents(df["TX_AMOUNT"])
+    cust, term = df["CUSTOMER_ID"].to_numpy(), df["TERMINAL_ID"].to_numpy()
+    fraud = df["TX_FRAUD"].to_numpy()
+    out = np.zeros((len(df), len(HISTORY_FEATURES)))
+    for i in range(len(df)):
+        t, day = sec[i], sec[i] // DAY
+        card = np.flatnonzero((cust[:i] == cust[i]) & (sec[:i] > t - 30 * DAY))
+        n30, s30 = len(card) + 1, cents[card].sum() + cents[i]
+        recent = card[sec[card] > t - 14 * DAY]
+        known = np.flatnonzero((term == term[i]) & (sec <= t - delay * DAY)
+                               & (sec > t - (delay + 30) * DAY))
+        kf, kl = known[fraud[known] == 1], known[fraud[known] == 0]
+        trail = len(known) - 1 - (np.flatnonzero(fraud[known] == 0)[-1] if len(kl) else -1)
+        out[i] = [
+            day - sec[kf[0]] // DAY if len(kf) else -1,
+            day - sec[kl[-1]] // DAY if len(kl) else -1,
+            len(set((sec[kf] // DAY).tolist())),
+            trail,
+            cents[kf].sum() / len(kf) / 100.0 if len(kf) else 0.0,
+            cents[i] / cents[card].max() if len(card) and cents[card].max() > 0 else 0.0,
+            int((cents[recent] * n30 > 3 * s30).sum()),
+        ]
+    return pd.DataFrame(out, columns=HISTORY_FEATURES, index=df.index)
+
+
+def test_history_features_match_their_plain_definition(small_df):
+    df = small_df.iloc[:3000]  # ~18 days: known labels, compromised terminals and cards
+    ours = compute_features(df)[HISTORY_FEATURES]
+    ref = history_reference(df)
+    for col in HISTORY_FEATURES:
+        np.testing.assert_allclose(ours[col].to_numpy(), ref[col].to_numpy(), rtol=1e-12,
+                                   err_msg=col)
+    # not vacuous: the window features see known frauds and large amounts here
+    assert (ours["TERMINAL_ID_DAYS_SINCE_FIRST_KNOWN_FRAUD"] >= 7).sum() > 100
+    assert (ours["TERMINAL_ID_TRAILING_KNOWN_FRAUDS"] >= 2).sum() > 20
+    assert (ours["CUSTOMER_ID_NB_LARGE_14DAY"] > 0).sum() > 100
+
+
+def test_terminal_ages_tell_a_running_compromise_from_an_ended_one():
+    """A terminal whose known history ends in frauds starting 10 days ago reads as a running
+    compromise; a month later the same frauds are old and followed by legitimate ones."""
+    t0 = pd.Timestamp("2018-05-01 12:00:00")
+    rows = [(k, t0 + pd.Timedelta(days=k), 100 + k, 9, 20.0, int(3 <= k < 6)) for k in range(9)]
+    rows += [(50, t0 + pd.Timedelta(days=13, hours=1), 7, 9, 30.0, 0),   # 10 days after k=3
+             (51, t0 + pd.Timedelta(days=40), 8, 9, 30.0, 0)]
+    df = validate(pd.DataFrame(rows, columns=["TRANSACTION_ID", "TX_DATETIME", "CUSTOMER_ID",
+                                              "TERMINAL_ID", "TX_AMOUNT", "TX_FRAUD"]),
+                  need_label=True)
+    x = compute_features(df).set_index(df["TRANSACTION_ID"])
+    now = x.loc[50]  # known: days 0..6 (frauds on days 3, 4, 5; legit on 0-2 and 6)
+    assert now["TERMINAL_ID_DAYS_SINCE_FIRST_KNOWN_FRAUD"] == 10
+    assert now["TERMINAL_ID_DAYS_SINCE_LAST_KNOWN_LEGIT"] == 7
+    assert now["TERMINAL_ID_NB_KNOWN_FRAUD_DAYS"] == 3
+    assert now["TERMINAL_ID_TRAILING_KNOWN_FRAUDS"] == 0
+    assert now["TERMINAL_ID_AVG_KNOWN_FRAUD_AMOUNT"] == 20.0
+    later = x.loc[51]  # known window (day 3 .. day 33]: frauds on days 4, 5 only
+    assert later["TERMINAL_ID_DAYS_SINCE_FIRST_KNOWN_FRAUD"] == 36
+    assert later["TERMINAL_ID_NB_KNOWN_FRAUD_DAYS"] == 2
 
 
 def test_online_memory_store_equals_batch_row_for_row(small_df):
     online = replay(small_df, MemoryStore())
-    batch = compute_features(small_df).to_numpy()
-    assert np.array_equal(online, batch)  # exact: integer cents, the same float operations
+    batch = compute_features(small_df)
+    assert online.shape[1] == len(ALL_FEATURES)
+    assert np.array_equal(online, batch.to_numpy())  # exact: integer cents, same float ops
+    assert (batch[HISTORY_FEATURES].nunique() > 5).all()  # the new features vary here
 
 
 @pytest.mark.slow
 def test_online_redis_store_equals_batch_row_for_row(small_df, redis_url):
     store = RedisStore(redis_url, f"test-{uuid.uuid4().hex}")
     try:
-        df = small_df.iloc[:1200]
-        assert np.array_equal(replay(df, store), compute_features(df).to_numpy())
+        df = small_df.iloc[:3000]  # ~18 days: past the label delay, history features in play
+        batch = compute_features(df)
+        assert (batch["TERMINAL_ID_NB_KNOWN_FRAUD_DAYS"] > 0).sum() > 50
+        assert np.array_equal(replay(df, store), batch.to_numpy())
         snap = store.snapshot()
         assert len(snap) > 0 and set(snap["LABEL"]) <= {0, 1}
     finally:
         store.clear()
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+def test_late_labels_feed_the_terminal_history(backend, request):
+    """A label posted after scoring (the POST /fraud/v1/labels path) shows up in the history
+    features of the terminal's transactions more than the delay later; relabelling undoes it."""
+    if backend == "redis":
+        store = RedisStore(request.getfixturevalue("redis_url"), f"test-{uuid.uuid4().hex}")
+    else:
+        store = MemoryStore()
+    t0 = 1_525_176_000  # 2018-05-01 12:00 UTC
+    try:
+        store.observe(Tx(1, t0, 10, 5, 4_200))
+        store.observe(Tx(2, t0 + 3600, 11, 5, 1_000))
+        assert store.label(1, True) and store.label(2, True)
+        a = store.observe(Tx(3, t0 + 8 * DAY, 12, 5, 500))
+        assert (a.t_first_age, a.t_legit_age, a.t_fraud_days, a.t_trail, a.t_fraud_cents) == \
+            (8, -1, 1, 2, 5_200)
+        assert store.label(2, False)
+        b = store.observe(Tx(4, t0 + 8 * DAY + 60, 12, 5, 500))
+        assert (b.t_first_age, b.t_legit_age, b.t_trail, b.t_fraud_cents) == (8, 8, 0, 4_200)
+        assert (b.c_max, b.c_n[2]) == (500, 2)  # the card's earlier transaction, id 3
+    finally:
+        if backend == "redis":
+            store.clear()
 
 
 def test_store_snapshot_round_trip_and_retry(small_df):
