@@ -9,7 +9,12 @@ Per test fold with training start s:
   test + delay days earlier, so its test window is the fold's training week and nothing after
   it is seen), then refitted on the fold's training week;
 - nets through the shared Trainer, early-stopped on the week before the training week: a
-  feed-forward net (both presets) and a GRU over each card's last 5 transactions (full only).
+  feed-forward net (both presets) and a GRU over each card's last 5 transactions (full only);
+- a blend of the selected XGBoost and the feed-forward net in calibrated-logit space
+  (model.Blend): on the same validation split both are fitted as for the test, each logit is
+  Platt-calibrated there and the blend weight with the best validation AP is kept (w = 1 is
+  XGBoost alone). "Ours" is the blend when, averaged over folds, validation prefers it to
+  XGBoost alone (strictly higher AP), else the selected XGBoost; both are reported as rows.
 Metrics: ROC AUC, average precision, Card Precision@100 (daily, known cards removed).
 """
 
@@ -33,7 +38,9 @@ from fraud_detection.features import (
     known_fraud_counts,
     to_seconds,
 )
+from fraud_detection.model import choose_blend
 from fraud_detection.protocol import day_index, prequential_splits, score_split, train_test_split
+from fraud_detection.train import logit
 
 __all__ = ["add_args", "run", "GRIDS"]
 log = logging.getLogger(__name__)
@@ -154,6 +161,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     per_fold, base = [], {"logistic_regression": [], "xgboost_handbook_features": []}
     nets_out: dict[str, list] = {n: [] for n in nets}
     selection, fold_scores = [], []
+    xgb_runs, blend_runs, xgb_scores, blend_scores = [], [], [], []
+    blend_on = "mlp" in nets and bundle_scorer is None
+    blend_net_s = 0.0  # wall time of the extra (validation) net fits the blend needs
     for f, sp in enumerate(folds):
         tr, te = sp.train, sp.test
         base["logistic_regression"].append(
@@ -165,22 +175,56 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if bundle_scorer is not None:  # --bundle: score the given model, no retraining
             scores = bundle_scorer(X.iloc[te])
         else:
-            fs, params, val_ap = _select(df, X, y, sp.train_start, lens, preset)
-            selection.append({"fold": f, "features": fs, "params": params, "val_ap": val_ap})
+            fs, params, val_ap, val_scores, vs = _select(df, X, y, sp.train_start, lens, preset)
+            sel = {"fold": f, "features": fs, "params": params, "val_ap": val_ap}
+            selection.append(sel)
             scores = np.mean([_xgb(X.iloc[tr][FEATURE_SETS[fs]].to_numpy(), y[tr],
                                    X.iloc[te][FEATURE_SETS[fs]].to_numpy(), params, seed=s)
                               for s in range(seeds)], axis=0)
+        net_logits = {}
+        for net in nets:
+            net_logits[net] = _net_logits(net, df, X, y, tr, _week_before(days, sp.train_start),
+                                          te, seeds)
+            nets_out[net].append(score_split(df, te, net_logits[net]))
+        if blend_on:
+            # the net as it would be fitted for the validation split's test window (the
+            # fold's training week): trained on the split's training week, early-stopped on
+            # the week before it; nothing at or after the fold's training week is used
+            t_net = time.time()
+            v_net = _net_logits("mlp", df, X, y, vs.train, _week_before(days, vs.train_start),
+                                vs.test, seeds)
+            blend_net_s += time.time() - t_net
+            blend, aps = choose_blend(logit(val_scores), v_net, y[vs.test])
+            sel.update(blend_w=blend.w, val_ap_blend=round(aps[blend.w], 4),
+                       val_ap_xgb=round(aps[1.0], 4),
+                       val_ap_by_w={str(w): round(v, 4) for w, v in aps.items()})
+            xgb_scores.append(scores)
+            xgb_runs.append(score_split(df, te, scores))
+            scores = blend.predict_proba(logit(scores), net_logits["mlp"])
+            blend_scores.append(scores)
+            blend_runs.append(score_split(df, te, scores))
         fold_scores.append(scores)
         m = score_split(df, te, scores)
         m["train_start"] = str(sp.train_start.date())
         per_fold.append(m)
         log.info("fold %d: %s", f, m)
-        s0 = int(np.datetime64(sp.train_start.normalize(), "D").astype(np.int64))
-        early = np.flatnonzero((days >= s0 - 7) & (days < s0))  # the week before training
-        for net in nets:
-            nets_out[net].append(_net_scores(net, df, X, y, tr, early, te, seeds))
     baselines = {k: _mean(v) for k, v in base.items()}
     baselines.update({k: _mean(v) for k, v in nets_out.items()})
+    blend_choice = None
+    if blend_on:
+        v_blend = float(np.mean([s["val_ap_blend"] for s in selection]))
+        v_xgb = float(np.mean([s["val_ap_xgb"] for s in selection]))
+        use_blend = v_blend > v_xgb
+        blend_choice = {"model": "blend" if use_blend else "xgboost", "mean_val_ap_blend": v_blend,
+                        "mean_val_ap_xgboost": v_xgb,
+                        "weights": [s["blend_w"] for s in selection]}
+        baselines["xgboost_selected"] = _mean(xgb_runs)
+        baselines["blend_xgb_mlp"] = _mean(blend_runs)
+        base["xgboost_selected"], base["blend_xgb_mlp"] = xgb_runs, blend_runs
+        if not use_blend:  # validation does not prefer the blend: ours is XGBoost alone
+            fold_scores = xgb_scores
+            for m, r in zip(per_fold, xgb_runs, strict=True):
+                m.update(r)
     ref = train_test_split(df, pd.Timestamp("2018-07-25"), **lens) if start == pd.Timestamp(
         "2018-07-25") else None
     extra = {
@@ -188,13 +232,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "goals": GOALS,
         "reference_split_logistic_regression": base["logistic_regression"][0] if ref else None,
         "selection": selection,
+        "blend_choice": blend_choice,
         "per_fold_baselines": {**base, **nets_out},
         "diagnostics": _diagnostics(df, folds, fold_scores, args.delay_days),
     }
     config = {"train_start": str(start.date()), **lens, "folds": args.folds, "preset": preset,
               "seeds": seeds, "nets": nets, "grid": GRIDS[preset],
-              "feature_sets": list(FEATURE_SETS), "model": "xgboost (selected per fold)",
-              "rows": len(df), "features_seconds": round(feat_s, 1)}
+              "feature_sets": list(FEATURE_SETS),
+              "model": ("xgboost + mlp blend (weights per fold on validation)"
+                        if blend_choice and blend_choice["model"] == "blend"
+                        else "xgboost (selected per fold)"),
+              "rows": len(df), "features_seconds": round(feat_s, 1),
+              "blend_validation_net_seconds": round(blend_net_s, 1)}
     if args.bundle:
         config["model"] = f"bundle {args.bundle} (not retrained)"
     return build_report("fraud", "handbook", str(args.data), per_fold, baselines=baselines,
@@ -203,41 +252,43 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _bundle_scorer(ref: str, root: str | None):
-    """Calibrated probabilities of an existing bundle's model on precomputed features."""
-    import xgboost as xgb
-
+    """Calibrated probabilities of an existing bundle's model (XGBoost or the blend) on
+    precomputed features."""
     from common.artifacts import load_bundle
-    from fraud_detection.model import PlattCalibrator
+    from fraud_detection.explain import BundleScorer
 
-    b = load_bundle(ref, vertical="fraud", root=root)
-    cfg = b.read_json("fraud_config.json")
-    booster = xgb.Booster()
-    booster.load_model(str(b.file("booster.json")))
-    cal = PlattCalibrator.from_dict(cfg["calibration"])
+    scorer = BundleScorer(load_bundle(ref, vertical="fraud", root=root))
 
     def score(x: pd.DataFrame) -> np.ndarray:
-        margin = booster.predict(xgb.DMatrix(x[cfg["features"]].to_numpy()), output_margin=True)
-        return cal.predict_proba(margin)
+        return scorer.score(x[scorer.features].to_numpy(), explain=False)[0]
 
     return score
 
 
 def _select(df, X, y, train_start, lens, preset):
     """Feature set and XGBoost parameters with the best validation AP; the validation split is
-    the protocol started delay + test days earlier (its test window is the training week)."""
+    the protocol started delay + test days earlier (its test window is the training week).
+    Returns (features, params, val_ap, the best model's validation scores, the split)."""
     v_start = train_start - pd.Timedelta(days=lens["n_delay"] + lens["n_test"])
     vs = train_test_split(df, v_start, **lens)
-    best = (None, None, -1.0)
+    best = (None, None, -1.0, None)
     for fs, cols in FEATURE_SETS.items():
         xtr, xva = X.iloc[vs.train][cols].to_numpy(), X.iloc[vs.test][cols].to_numpy()
         for params in GRIDS[preset]:
-            ap = score_split(df, vs.test, _xgb(xtr, y[vs.train], xva, params))["average_precision"]
+            p = _xgb(xtr, y[vs.train], xva, params)
+            ap = score_split(df, vs.test, p)["average_precision"]
             if ap > best[2]:
-                best = (fs, params, round(ap, 4))
-    return best
+                best = (fs, params, round(ap, 4), p)
+    return (*best, vs)
 
 
-def _net_scores(net, df, X, y, tr, early, te, seeds) -> dict[str, float]:
+def _week_before(days: np.ndarray, start: pd.Timestamp) -> np.ndarray:
+    s0 = int(np.datetime64(start.normalize(), "D").astype(np.int64))
+    return np.flatnonzero((days >= s0 - 7) & (days < s0))
+
+
+def _net_logits(net, df, X, y, tr, early, te, seeds) -> np.ndarray:
+    """Test logits of a net (mean over seeds) trained on rows tr, early-stopped on `early`."""
     from fraud_detection.train import fit_gru, fit_mlp, predict_logits, sequence_index
 
     x = X[ALL_FEATURES].to_numpy()
@@ -252,7 +303,7 @@ def _net_scores(net, df, X, y, tr, early, te, seeds) -> dict[str, float]:
             outs.append(predict_logits(model, sc, x, idx[te]))
         else:
             raise InvalidInput("nets", f"unknown net {net!r} (mlp, gru)")
-    return score_split(df, te, np.mean(outs, axis=0))
+    return np.mean(outs, axis=0)
 
 
 def _mean(runs: list[dict]) -> dict[str, float]:

@@ -60,7 +60,7 @@ def simulated(preset: str, seed: int = 0) -> pd.DataFrame:
 
 @register_vertical("fraud")
 class FraudVertical(Vertical):
-    title = "card-transaction fraud scoring (XGBoost + online feature store)"
+    title = "card-transaction fraud scoring (XGBoost + feed-forward blend, online feature store)"
     predictor_cls = FraudPredictor
     protocols = ("handbook",)
 

@@ -23,7 +23,23 @@ def data_dir(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_handbook_protocol_report(data_dir, tmp_path):
+def test_handbook_protocol_report(data_dir, tmp_path, monkeypatch):
+    import fraud_detection.evaluate as ev
+    from fraud_detection.model import BLEND_GRID
+
+    net_calls, blend_calls = [], []
+    real_net, real_blend = ev._net_logits, ev.choose_blend
+
+    def spy_net(net, df, X, y, tr, early, te, seeds):
+        net_calls.append(df["TX_DATETIME"].iloc[te])
+        return real_net(net, df, X, y, tr, early, te, seeds)
+
+    def spy_blend(z_tree, z_net, y):
+        blend_calls.append(len(y))
+        return real_blend(z_tree, z_net, y)
+
+    monkeypatch.setattr(ev, "_net_logits", spy_net)
+    monkeypatch.setattr(ev, "choose_blend", spy_blend)
     out = tmp_path / "report.json"
     rc = main(["evaluate", "fraud", "--protocol", "handbook", "--data", str(data_dir), "--out",
                str(out), "--folds", "2", "--threads", "1"])
@@ -39,6 +55,18 @@ def test_handbook_protocol_report(data_dir, tmp_path):
     assert r["diagnostics"]["oracle_roc_auc"] <= 1.0
     assert 0.0 <= r["diagnostics"]["blind_vs_legit_auc"] <= 1.0
     assert {s["features"] for s in r["selection"]} <= {"handbook15", "extended21", "all"}
+    # the blend: its weight per fold comes from the validation split, never the test rows
+    assert {"xgboost_selected", "blend_xgb_mlp"} <= set(r["baselines"])
+    assert len(blend_calls) == 2 and len(net_calls) == 4  # per fold: test net, validation net
+    for f, s in enumerate(r["selection"]):
+        test_t, val_t = net_calls[2 * f], net_calls[2 * f + 1]
+        assert blend_calls[f] == len(val_t) and val_t.max() < test_t.min()
+        assert s["blend_w"] in BLEND_GRID and s["val_ap_blend"] >= s["val_ap_xgb"]
+    choice = r["blend_choice"]
+    use_blend = choice["mean_val_ap_blend"] > choice["mean_val_ap_xgboost"]
+    assert choice["model"] == ("blend" if use_blend else "xgboost")
+    ours = r["baselines"]["blend_xgb_mlp" if use_blend else "xgboost_selected"]
+    assert r["metrics"]["average_precision"] == pytest.approx(ours["average_precision"])
 
 
 def test_too_little_history_is_refused(data_dir):
