@@ -1,7 +1,9 @@
 """Grad-CAM explanations (MONAI's `GradCAM`) for any supported backbone, as PNG overlays.
 
 The target layer is picked automatically (the network's last Conv2d), so a user never names a
-layer. `verticals explain medical IMAGE --out overlay.png` calls `explain_file`.
+layer. For an ensemble the map is the mean of its members' Grad-CAMs (each member's own last
+conv), as its answer is the mean of their logits.
+`verticals explain medical IMAGE --out overlay.png` calls `explain_file`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medical_imaging.model import last_conv_layer
+from medical_imaging.model import Ensemble, last_conv_layer
 
 __all__ = ["GradCamExplainer", "overlay_png", "explain_file"]
 _OVERLAY_SIZE = 256  # 28-px inputs are unreadable as-is: overlays are drawn at least this big
@@ -31,17 +33,21 @@ class GradCamExplainer:
         self.model = copy.deepcopy(model).eval()
         for p in self.model.parameters():
             p.requires_grad_(True)  # gradients must flow back to the target layer
-        self.layer = layer or last_conv_layer(self.model)
-        self.cam = GradCAM(nn_module=self.model, target_layers=self.layer)
+        nets = list(self.model.members) if isinstance(self.model, Ensemble) else [self.model]
+        self.layers = [layer or last_conv_layer(n) for n in nets]
+        self.cams = [GradCAM(nn_module=n, target_layers=name)
+                     for n, name in zip(nets, self.layers, strict=True)]
 
     def __call__(self, x: torch.Tensor, class_idx: int) -> np.ndarray:
         """Grad-CAM of `class_idx` for one (C, H, W) input → (H, W) map in [0, 1]."""
         dev = next(self.model.parameters()).device
+        maps = []
         with torch.enable_grad():
-            heat = self.cam(x.unsqueeze(0).to(dev), class_idx=int(class_idx))
+            for cam in self.cams:
+                maps.append(cam(x.unsqueeze(0).to(dev), class_idx=int(class_idx))[0, 0])
         self.model.zero_grad(set_to_none=True)
-        heat = np.nan_to_num(heat[0, 0].detach().cpu().numpy().astype(np.float32))
-        return np.clip(heat, 0.0, 1.0)
+        heat = torch.stack(maps).mean(0).detach().cpu().numpy().astype(np.float32)
+        return np.clip(np.nan_to_num(heat), 0.0, 1.0)
 
 
 def _jet(v: np.ndarray) -> np.ndarray:

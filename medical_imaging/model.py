@@ -11,6 +11,9 @@ Architectures (`arch`):
   `in_chans`/`num_classes`, never downloading weights.
 - `torchvision:<name>` (e.g. `torchvision:resnet18`): torchvision builder, first conv adapted.
 
+`ensemble: K` (K > 1) builds K independently initialised copies of the backbone whose logits
+are averaged (`Ensemble`): the bundle then serves all of them as one model.
+
 `pretrained` is a local checkpoint path (safetensors or a torch state dict); layers whose shape
 does not match (the head, a first conv with another channel count) keep their initialisation.
 """
@@ -26,7 +29,7 @@ from torch import nn
 
 from common.errors import InvalidInput
 
-__all__ = ["build_model", "load_local_weights", "last_conv_layer", "ARCHS"]
+__all__ = ["build_model", "load_local_weights", "last_conv_layer", "Ensemble", "ARCHS"]
 log = logging.getLogger(__name__)
 ARCHS = ("resnet18", "resnet34", "resnet50", "densenet121", "timm:<name>", "torchvision:<name>")
 _MONAI_RESNETS = {"resnet18": ("basic", [2, 2, 2, 2]), "resnet34": ("basic", [3, 4, 6, 3]),
@@ -68,11 +71,27 @@ def _torchvision(name: str, cin: int, ncls: int) -> nn.Module:
     return net
 
 
+class Ensemble(nn.Module):
+    """Members with the same input and head; the output is the mean of their logits."""
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x) for m in self.members]).mean(0)
+
+
 def build_model(config: dict[str, Any]) -> nn.Module:
     """An nn.Module from a JSON-able config: arch, in_channels, num_classes, image_size, ...
 
-    Weights are random unless `config["pretrained"]` names a local checkpoint file.
+    Weights are random unless `config["pretrained"]` names a local checkpoint file;
+    `ensemble: K > 1` gives an `Ensemble` of K such networks.
     """
+    k = int(config.get("ensemble", 1))
+    if k > 1:
+        single = {key: v for key, v in config.items() if key != "ensemble"}
+        return Ensemble([build_model(single) for _ in range(k)])
     arch = str(config.get("arch", "resnet18"))
     cin = int(config.get("in_channels", 1))
     ncls = int(config.get("num_classes", 2))

@@ -1,5 +1,7 @@
 """Training a classifier with the shared Trainer: MONAI augmentation, class-balanced loss,
-selection on validation AUC, temperature scaling on the validation split.
+selection on validation AUC, temperature scaling on the validation split. `members=K` trains K
+networks (seeds `seed + 1000 k`, each at its own best validation epoch) and serves the mean of
+their logits as one model.
 
     result = fit_classifier(train, val, task="binary", config=FitConfig(epochs=10))
     result.model, result.temperature, result.val_metrics
@@ -8,7 +10,7 @@ selection on validation AUC, temperature scaling on the validation split.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -18,7 +20,7 @@ from torch.utils.data import Dataset
 from common.calibration import fit_temperature
 from common.train import TrainConfig, Trainer
 from medical_imaging.metrics import classification_metrics
-from medical_imaging.model import build_model
+from medical_imaging.model import Ensemble, build_model
 
 __all__ = ["FitConfig", "FitResult", "ImageSet", "fit_classifier", "predict_logits"]
 log = logging.getLogger(__name__)
@@ -41,6 +43,7 @@ class FitConfig:
     augment: bool = True
     tta: bool = False  # flip test-time augmentation at calibration, evaluation and serving
     label_smoothing: float = 0.0
+    members: int = 1  # ensemble size: independently trained networks, logits averaged
     patience: int | None = None
     seed: int = 0
     pretrained: str | None = None
@@ -52,6 +55,8 @@ class FitConfig:
                "in_channels": self.in_channels, "num_classes": num_classes, **self.model_extra}
         if self.pretrained:
             cfg["pretrained"] = self.pretrained
+        if self.members > 1:
+            cfg["ensemble"] = self.members
         return cfg
 
 
@@ -138,14 +143,12 @@ def _loss_fn(task: str, labels: np.ndarray, num_classes: int, cfg: FitConfig):
     return torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
 
 
-def fit_classifier(train: tuple[torch.Tensor, np.ndarray], val: tuple[torch.Tensor, np.ndarray],
-                   task: str, num_classes: int, config: FitConfig,
-                   out_dir: str | None = None) -> FitResult:
-    """Train on `train`, keep the epoch with the best validation AUC, fit T on validation."""
-    cfg = config
-    mcfg = cfg.model_config(num_classes)
+def _fit_one(train: tuple[torch.Tensor, np.ndarray], val: tuple[torch.Tensor, np.ndarray],
+             task: str, num_classes: int, cfg: FitConfig, out_dir: str | None):
+    """One network: (model selected on val AUC, Trainer history, device)."""
+    single = {k: v for k, v in cfg.model_config(num_classes).items() if k != "ensemble"}
     torch.manual_seed(cfg.seed)
-    model = build_model(mcfg)
+    model = build_model(single)
     loss = _loss_fn(task, train[1], num_classes, cfg)
 
     def step(m, batch):
@@ -169,9 +172,27 @@ def fit_classifier(train: tuple[torch.Tensor, np.ndarray], val: tuple[torch.Tens
     val_set = ImageSet(val[0], val[1], task)
     trainer = Trainer(model, tcfg, step_fn=step, eval_fn=evaluate)
     res = trainer.fit(train_set, val_set)
-    model = trainer.model.eval()
-    logits = predict_logits(model, val[0], device=trainer.device, tta=cfg.tta)
+    log.info("seed %d: best epoch %s", cfg.seed, res.best_epoch)
+    return trainer.model.eval(), res.history, trainer.device
+
+
+def fit_classifier(train: tuple[torch.Tensor, np.ndarray], val: tuple[torch.Tensor, np.ndarray],
+                   task: str, num_classes: int, config: FitConfig,
+                   out_dir: str | None = None) -> FitResult:
+    """Train `members` networks on `train`, each at its epoch of best validation AUC; fit T on
+    the validation logits of their mean."""
+    cfg = config
+    nets, history, device = [], [], None
+    for k in range(max(1, cfg.members)):
+        sub = f"{out_dir}/member{k}" if out_dir and cfg.members > 1 else out_dir
+        net, hist, device = _fit_one(train, val, task, num_classes,
+                                     replace(cfg, seed=cfg.seed + 1000 * k), sub)
+        nets.append(net)
+        history += [{**h, "member": k} for h in hist] if cfg.members > 1 else hist
+    model = Ensemble(nets).eval() if len(nets) > 1 else nets[0]
+    logits = predict_logits(model, val[0], device=device, tta=cfg.tta)
     temperature = fit_temperature(logits, np.asarray(val[1]), multilabel=task == "multilabel")
     val_metrics = classification_metrics(task, val[1], logits, temperature)
-    log.info("best epoch %s, T=%.3f, val %s", res.best_epoch, temperature, val_metrics)
-    return FitResult(model.cpu(), temperature, val_metrics, res.history, mcfg, asdict(cfg))
+    log.info("T=%.3f, val %s", temperature, val_metrics)
+    return FitResult(model.cpu(), temperature, val_metrics, history,
+                     cfg.model_config(num_classes), asdict(cfg))

@@ -90,6 +90,9 @@ class MedicalVertical(Vertical):
                        help="abstain when confidence is below this (stored in the bundle)")
         g.add_argument("--tta", action="store_true", default=None,
                        help="flip test-time augmentation (calibration, evaluation, serving)")
+        g.add_argument("--members", type=int, default=None,
+                       help="ensemble size: networks trained with different seeds, logits "
+                            "averaged and served together (default 1)")
 
     def train(self, args: argparse.Namespace) -> Bundle:
         from medical_imaging.pipeline import (
@@ -102,7 +105,7 @@ class MedicalVertical(Vertical):
         preset = args.preset if args.preset in PRESETS else "demo"
         cfg = FitConfig(**PRESETS[preset]["fit"])
         overrides = {k: getattr(args, k, None)
-                     for k in ("arch", "width", "epochs", "pretrained", "tta")}
+                     for k in ("arch", "width", "epochs", "pretrained", "tta", "members")}
         cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None},
                       device=getattr(args, "device", None))
         if args.data:
@@ -122,6 +125,8 @@ class MedicalVertical(Vertical):
         g.add_argument("--width", dest="med_width", type=float, default=None)
         g.add_argument("--epochs", dest="med_epochs", type=int, default=None)
         g.add_argument("--lr", dest="med_lr", type=float, default=None)
+        g.add_argument("--members", dest="med_members", type=int, default=None,
+                       help="ensemble size per seed (default: the preset's, by training-set size)")
         g.add_argument("--pretrained", default=None, help="local checkpoint to start from")
 
     def evaluate(self, args: argparse.Namespace) -> dict[str, Any]:

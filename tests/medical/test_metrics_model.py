@@ -12,7 +12,7 @@ from PIL import Image
 
 from medical_imaging.explain import GradCamExplainer, overlay_png
 from medical_imaging.metrics import classification_metrics, infer_task, medmnist_auc_acc
-from medical_imaging.model import build_model, last_conv_layer, load_local_weights
+from medical_imaging.model import Ensemble, build_model, last_conv_layer, load_local_weights
 from medical_imaging.synthetic import make_phantoms
 
 
@@ -62,6 +62,21 @@ def test_backbones_any_channels_and_gradcam(arch, cin, size):
     png = overlay_png(x[0].numpy()[:1], heat)
     assert Image.open(io.BytesIO(png)).size == (256, 256)
     assert last_conv_layer(net) in dict(net.named_modules())
+
+
+def test_ensemble_averages_member_logits_and_explains_with_every_member():
+    net = build_model({"arch": "resnet18", "in_channels": 1, "num_classes": 2, "width": 0.25,
+                       "ensemble": 3}).eval()
+    assert isinstance(net, Ensemble) and len(net.members) == 3
+    x = torch.rand(4, 1, 28, 28)
+    with torch.no_grad():
+        each = [m(x) for m in net.members]
+        assert not torch.allclose(each[0], each[1])  # independently initialised
+        assert torch.allclose(net(x), torch.stack(each).mean(0), atol=1e-6)
+    explainer = GradCamExplainer(net)
+    assert len(explainer.cams) == 3
+    heat = explainer(x[0], class_idx=1)
+    assert heat.shape == (28, 28) and 0 <= heat.min() and heat.max() <= 1
 
 
 def test_local_checkpoint_loads_matching_tensors_only(tmp_path):

@@ -157,20 +157,26 @@ def test_medmnist_protocol_report_and_bundle_scoring(tmp_path, medical_root):
     assert report["protocol"] == "medmnist" and len(report["per_seed"]) == 2
     assert {"auc", "acc", "ece"} <= set(report["metrics"]) <= set(report["metrics_std"])
     assert report["config"]["task"] == "binary"
+    assert report["config"]["fit"]["members"] == 2  # a small training set gets an ensemble
     args.bundle, args.root = "latest", str(medical_root)
     scored = v.evaluate(args)
     assert scored["bundle"] == "latest" and 0 <= scored["metrics"]["auc"] <= 1
 
 
-def test_train_on_user_multilabel_npz(tmp_path):
+def test_train_on_user_multilabel_npz_as_an_ensemble(tmp_path):
     data = _npz(tmp_path / "ml.npz",
                 lambda x, y: np.stack([y, (x.mean((1, 2)) > 110).astype(int)], 1), (64, 24, 24))
     args = argparse.Namespace(root=str(tmp_path / "store"), preset="test", data=str(data),
                               arch=None, width=None, epochs=1, task=None, labels="lesion,dense",
-                              pretrained=None, abstain_threshold=0.2, device=None, tta=True)
+                              pretrained=None, abstain_threshold=0.2, device=None, tta=True,
+                              members=2)
     bundle = get_vertical("medical").train(args)
     assert bundle.model_config["task"] == "multilabel" and bundle.model_config["fit"]["tta"]
+    assert bundle.model_config["net"]["ensemble"] == 2
     p = MedicalPredictor.load(bundle.path)
-    out = p.predict([{"image_base64": b64(example_png(True))}])[0]
+    payload = {"image_base64": b64(example_png(True)), "heatmap": True}
+    out = p.predict([payload])[0]
     assert set(out["probabilities"]) == {"lesion", "dense"} and out["synthetic"] is False
+    assert out["heatmap_png_base64"]  # Grad-CAM over both members
+    assert p.predict([payload, payload])[1] == out  # batch answer == single answer
     assert "test_auc" in bundle.manifest["metrics"] and "test_ece" in bundle.manifest["metrics"]
