@@ -109,15 +109,15 @@ def numeric_columns(
     `minimum[column]`; a column absent from the file rejects every row, naming the column.
     """
     n = len(chunk)
-    values = np.full((n, len(columns)), np.nan)
     absent = [c for c in columns if c not in chunk]
-    for j, col in enumerate(columns):
-        if col in absent:
-            continue
-        v = chunk[col]
-        # float columns (the common case: Parquet) skip the slow generic coercion
-        values[:, j] = v.to_numpy(np.float64) if v.dtype.kind in "fiub" else pd.to_numeric(
-            v, errors="coerce").to_numpy(np.float64)
+    numeric = [c for c in columns if c in chunk and chunk[c].dtype.kind in "fiub"]
+    if len(numeric) == len(columns):  # the common case (Parquet): one block copy
+        values = chunk[columns].to_numpy(np.float32, na_value=np.nan)
+    else:
+        values = np.full((n, len(columns)), np.nan, dtype=np.float32)
+        for j, col in enumerate(columns):
+            if col not in absent:
+                values[:, j] = pd.to_numeric(chunk[col], errors="coerce").to_numpy(np.float32)
     with np.errstate(invalid="ignore"):
         low = np.array([(minimum or {}).get(c, -np.inf) for c in columns])
         bad_cells = ~np.isfinite(values) | (values < low)
@@ -133,7 +133,7 @@ def numeric_columns(
                       else f"must be >= {low[j]}")
             rejects.append({"row": int(rows[i]), "source": sources[i], "field": col,
                             "reason": reason})
-    return values[ok].astype(np.float32), ok, rejects
+    return (values if ok.all() else values[ok]), ok, rejects
 
 
 def prefetch(items: Iterable[Any], depth: int = 1) -> Iterator[Any]:
