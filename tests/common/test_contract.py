@@ -16,6 +16,7 @@ from common.batch import score_file
 from common.batch_io import flatten
 from common.registry import get_vertical, list_verticals
 from common.serving import create_app
+from tests.close import same_answer
 
 VERTICALS = list_verticals()
 
@@ -57,7 +58,7 @@ def test_batch_of_n_equals_n_single_calls(trained):
     batched = fresh(name, root).predict(payloads)
     one_by_one = fresh(name, root)
     singles = [one_by_one.predict([p])[0] for p in payloads]
-    assert batched == singles
+    assert same_answer(batched, singles), (batched, singles)
 
 
 def test_rest_equals_predictor_equals_batch_job(trained, tmp_path):
