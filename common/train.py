@@ -9,7 +9,9 @@
   without it the mean step loss on the validation set is reported as `val_loss`.
 
 Device/precision from common.device; warmup + cosine LR; gradient accumulation (DDP `no_sync` on
-non-final micro-steps); clipping; early stopping on `monitor`; a checkpoint per epoch (and every
+non-final micro-steps); clipping; early stopping on `monitor`; checkpoint averaging of the last
+`average_last` epochs (kept only when it beats the best single epoch on `monitor`); a checkpoint
+per epoch (and every
 `checkpoint_every_steps`) with exact resume of model, optimizer, scheduler, scaler, RNG states,
 epoch, step and position in the epoch's sample order; metrics.jsonl; tqdm (quiet under CI).
 Under torchrun the model is wrapped in DDP, data is sharded by DistributedSampler and only rank
@@ -72,6 +74,9 @@ class TrainConfig:
     mode: Literal["min", "max"] = "min"
     patience: int | None = None  # None: no early stopping
     restore_best: bool = True
+    # average the weights of the last N epoch ends (the checkpoint averaging of NMT recipes); the
+    # average replaces the best epoch only when it scores better on `monitor` (needs val data)
+    average_last: int = 0
     out_dir: str | None = None  # checkpoints + metrics.jsonl; None keeps nothing on disk
     resume: bool = True
     checkpoint_every_steps: int | None = None
@@ -90,6 +95,7 @@ class TrainResult:
     global_step: int
     stopped_early: bool
     history: list[dict[str, float]] = field(default_factory=list)
+    averaged_epochs: int = 0  # > 0 when the returned weights are an average of that many epochs
 
 
 class _PermutationSampler(Sampler[int]):
@@ -197,6 +203,7 @@ class Trainer:
         self.bad_epochs = 0
         self.history: list[dict[str, float]] = []
         self._best_state: dict[str, torch.Tensor] | None = None
+        self._snapshots: list[dict[str, torch.Tensor]] = []  # last epoch ends, for averaging
 
     # ---- setup ----------------------------------------------------------------------------
     def _make_optimizer(self, groups) -> torch.optim.Optimizer:
@@ -275,6 +282,7 @@ class Trainer:
             "bad_epochs": self.bad_epochs,
             "history": json.dumps(self.history),
             "best_state": self._best_state,
+            "snapshots": self._snapshots,
             "config": json.dumps(asdict(self.config)),
         }
 
@@ -304,6 +312,7 @@ class Trainer:
         self.bad_epochs = state["bad_epochs"]
         self.history = json.loads(state["history"])
         self._best_state = state["best_state"]
+        self._snapshots = state.get("snapshots") or []
         log.info("resumed from %s at epoch %d step %d", path, self.epoch, self.global_step)
 
     # ---- evaluation -----------------------------------------------------------------------
@@ -425,6 +434,7 @@ class Trainer:
             self.epoch += 1
             self.samples_done_in_epoch = 0
             self._track_best(record)
+            self._keep_snapshot()
             self.history.append(record)
             if metrics_file is not None:
                 metrics_file.parent.mkdir(parents=True, exist_ok=True)
@@ -436,6 +446,7 @@ class Trainer:
             log.info("epoch %s", record)
         if c.restore_best and self._best_state is not None:
             self.model.load_state_dict(self._best_state)
+        averaged = self._try_average(val_data)
         return TrainResult(
             self.best_metric,
             self.best_epoch,
@@ -443,7 +454,39 @@ class Trainer:
             self.global_step,
             stopped_early,
             self.history,
+            averaged,
         )
+
+    def _keep_snapshot(self) -> None:
+        if self.config.average_last < 2:
+            return
+        self._snapshots.append({k: v.detach().cpu().clone()
+                                for k, v in self.model.state_dict().items()})
+        del self._snapshots[: -self.config.average_last]
+
+    def _try_average(self, val_data: Dataset | None) -> int:
+        """Load the mean of the kept epoch-end weights if it beats the current weights on the
+        monitor (or unconditionally without val data); returns the number of epochs averaged."""
+        snaps = self._snapshots
+        if len(snaps) < 2:
+            return 0
+        mean = {k: (torch.stack([s[k].float() for s in snaps]).mean(0).to(v.dtype)
+                    if v.is_floating_point() else snaps[-1][k])
+                for k, v in snaps[-1].items()}
+        if val_data is None:
+            self.model.load_state_dict(mean)
+            return len(snaps)
+        current = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        self.model.load_state_dict(mean)
+        record = self._evaluate_everywhere(val_data)
+        value = record.get(self.config.monitor)
+        self.history.append({"averaged_epochs": len(snaps), **record})
+        log.info("average of the last %d epochs: %s", len(snaps), record)
+        if value is not None and self._improved(value):
+            self.best_metric = value
+            return len(snaps)
+        self.model.load_state_dict(current)
+        return 0
 
     def _evaluate_everywhere(self, val_data: Dataset) -> dict[str, float]:
         """Rank 0 evaluates; every rank receives the same numbers, so all stop together."""

@@ -77,7 +77,8 @@ def evaluate_translation(args: argparse.Namespace) -> dict[str, Any]:
         config.update(vars(cfg))
         train_info = {"train_pairs": float(fit.train_pairs),
                       "train_seconds": round(fit.train_seconds, 1),
-                      "best_val_loss": fit.best_val_loss or float("nan")}
+                      "best_val_loss": fit.best_val_loss or float("nan"),
+                      "averaged_epochs": float(fit.averaged_epochs)}
     t0 = time.time()
     hyps = translate_all(pred, test_src)
     scores, sigs = bleu_scores(hyps, test_ref)

@@ -37,7 +37,10 @@ PRESETS: dict[str, dict[str, Any]] = {
                  max_new_tokens=32),
     "demo": dict(size="demo", epochs=20, batch_size=32, lr=2e-3, warmup_steps=50),
     "quick": dict(size="quick", epochs=2, batch_size=64, lr=2e-3, warmup_steps=200),
-    "full": dict(size="full", epochs=10, batch_size=64, lr=1.5e-3, warmup_steps=800),
+    # full: 10 epochs left val loss still falling (BLEU 38.3); 16 epochs + the average of the
+    # last 4 epoch ends fit about 100 minutes of one quiet core
+    "full": dict(size="full", epochs=16, batch_size=64, lr=1.5e-3, warmup_steps=800,
+                 average_last=4),
 }
 
 
@@ -53,6 +56,7 @@ class TranslationConfig:
     warmup_steps: int = 400
     weight_decay: float = 0.0001
     label_smoothing: float = 0.1
+    average_last: int = 0  # checkpoint averaging over the last N epochs (kept if val improves)
     max_source_tokens: int = 128  # longer sentences are split (never cut) at inference
     num_beams: int = 4
     max_new_tokens: int = 128
@@ -76,6 +80,7 @@ class TranslationFit:
     train_pairs: int = 0
     train_seconds: float = 0.0
     best_val_loss: float | None = None
+    averaged_epochs: int = 0
 
 
 def _pairs_dataset(tok: Any, src: Sequence[str], tgt: Sequence[str], cfg: TranslationConfig,
@@ -145,12 +150,13 @@ def fit_translation(
         out_dir=out_dir,
         resume=out_dir is not None,  # a rerun with the same out_dir continues the run
         checkpoint_every_steps=CHECKPOINT_EVERY if out_dir else None,
+        average_last=cfg.average_last,
     )
     trainer = Trainer(model, tc, step_fn=step, collate_fn=first)
     result = trainer.fit(train_ds, val_ds)
     model.cpu().eval()
     return TranslationFit(model, tok, cfg, result.history, len(src), time.time() - t0,
-                          result.best_metric)
+                          result.best_metric, result.averaged_epochs)
 
 
 def publish_translation(fit: TranslationFit, root: str | Path | None, data_fp: str,
@@ -172,6 +178,7 @@ def publish_translation(fit: TranslationFit, root: str | Path | None, data_fp: s
             model_class=type(fit.model).__name__,
             model_config=asdict(c),
             metrics={**(metrics or {}), "best_val_loss": fit.best_val_loss,
+                     "averaged_epochs": fit.averaged_epochs,
                      "train_pairs": fit.train_pairs, "train_seconds": round(fit.train_seconds, 1)},
             data_fingerprint=data_fp,
             extra={"data": source, "history": fit.history},

@@ -141,3 +141,31 @@ def test_torchrun_two_processes_match_one_process_same_global_batch(tmp_path):
         outs[procs] = torch.load(out, weights_only=True)
     for k in outs[1]:
         assert torch.allclose(outs[1][k], outs[2][k], atol=1e-5), k
+
+
+def test_checkpoint_averaging_is_the_mean_of_the_last_epochs_and_only_kept_if_better():
+    data, val = make_data(), make_data(32, seed=1)
+    cfg = dict(epochs=4, batch_size=8, lr=0.05, seed=3, restore_best=False)
+    ends: list[dict[str, torch.Tensor]] = []
+
+    class Recording(Trainer):
+        def _keep_snapshot(self):
+            ends.append({k: v.detach().clone() for k, v in self.model.state_dict().items()})
+            super()._keep_snapshot()
+
+    model = make_model()
+    tr = Recording(model, TrainConfig(**cfg, average_last=3), step_fn=step)
+    res = tr.fit(data, None)  # no val data: the average is taken as asked
+    assert res.averaged_epochs == 3
+    for k, v in model.state_dict().items():
+        assert torch.allclose(v, torch.stack([e[k] for e in ends[-3:]]).mean(0), atol=1e-6)
+
+    model = make_model()
+    tr = Trainer(model, TrainConfig(**cfg, average_last=3), step_fn=step)
+    res = tr.fit(data, val)
+    avg = tr.history[-1]
+    assert avg["averaged_epochs"] == 3
+    best_single = min(h["val_loss"] for h in tr.history[:-1])
+    # kept exactly when the averaged weights beat the best single epoch on val_loss
+    assert (res.averaged_epochs == 3) == (avg["val_loss"] < best_single)
+    assert res.best_metric == pytest.approx(min(best_single, avg["val_loss"]))
