@@ -480,7 +480,8 @@ class Trainer:
         self.model.load_state_dict(mean)
         record = self._evaluate_everywhere(val_data)
         value = record.get(self.config.monitor)
-        self.history.append({"averaged_epochs": len(snaps), **record})
+        # "epoch": the weights are those of the run's end (averaged), for readers of history
+        self.history.append({"epoch": self.epoch, "averaged_epochs": len(snaps), **record})
         log.info("average of the last %d epochs: %s", len(snaps), record)
         if value is not None and self._improved(value):
             self.best_metric = value

@@ -68,7 +68,7 @@ def _config(args: argparse.Namespace, n_train: int, seed: int) -> FitConfig:
     preset = dict(EVAL_PRESETS[getattr(args, "preset", None) or "quick"])
     if n_train < _SMALL_TRAIN:
         preset["members"] = _SMALL_MEMBERS
-    for key in ("arch", "width", "epochs", "lr", "batch_size", "members"):
+    for key in ("arch", "width", "epochs", "lr", "batch_size", "members", "average_last"):
         val = getattr(args, f"med_{key}", None)
         if val is not None:
             preset[key] = val

@@ -44,6 +44,7 @@ class FitConfig:
     tta: bool = False  # flip test-time augmentation at calibration, evaluation and serving
     label_smoothing: float = 0.0
     members: int = 1  # ensemble size: independently trained networks, logits averaged
+    average_last: int = 0  # per member: mean weights of the last N epochs, if val AUC prefers
     patience: int | None = None
     seed: int = 0
     pretrained: str | None = None
@@ -148,12 +149,14 @@ def _fit_one(train: tuple[torch.Tensor, np.ndarray], val: tuple[torch.Tensor, np
     """One network: (model selected on val AUC, Trainer history, device)."""
     single = {k: v for k, v in cfg.model_config(num_classes).items() if k != "ensemble"}
     torch.manual_seed(cfg.seed)
-    model = build_model(single)
+    # channels-last (NHWC) convolutions: ~20% faster training on CPU (oneDNN) and the layout
+    # tensor cores want on GPU; the weights saved are the same tensors
+    model = build_model(single).to(memory_format=torch.channels_last)
     loss = _loss_fn(task, train[1], num_classes, cfg)
 
     def step(m, batch):
         x, y = batch
-        return loss.to(x.device)(m(x), y)
+        return loss.to(x.device)(m(x.contiguous(memory_format=torch.channels_last)), y)
 
     def evaluate(m, loader):
         logits = torch.cat([m(x.to(next(m.parameters()).device)).float().cpu()
@@ -166,13 +169,14 @@ def _fit_one(train: tuple[torch.Tensor, np.ndarray], val: tuple[torch.Tensor, np
         epochs=cfg.epochs, batch_size=cfg.batch_size, eval_batch_size=256, lr=cfg.lr,
         weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio, seed=cfg.seed,
         monitor="val_auc", mode="max", patience=cfg.patience, device=cfg.device,
-        out_dir=out_dir, resume=out_dir is not None,
+        out_dir=out_dir, resume=out_dir is not None, average_last=cfg.average_last,
     )
     train_set = ImageSet(train[0], train[1], task, cfg.seed if cfg.augment else None)
     val_set = ImageSet(val[0], val[1], task)
     trainer = Trainer(model, tcfg, step_fn=step, eval_fn=evaluate)
     res = trainer.fit(train_set, val_set)
-    log.info("seed %d: best epoch %s", cfg.seed, res.best_epoch)
+    log.info("seed %d: best epoch %s, averaged epochs %d", cfg.seed, res.best_epoch,
+             res.averaged_epochs)
     return trainer.model.eval(), res.history, trainer.device
 
 

@@ -127,6 +127,9 @@ class MedicalVertical(Vertical):
         g.add_argument("--lr", dest="med_lr", type=float, default=None)
         g.add_argument("--members", dest="med_members", type=int, default=None,
                        help="ensemble size per seed (default: the preset's, by training-set size)")
+        g.add_argument("--average-last", dest="med_average_last", type=int, default=None,
+                       help="average each member's weights over its last N epochs (kept when "
+                            "val AUC improves on the best single epoch)")
         g.add_argument("--pretrained", default=None, help="local checkpoint to start from")
 
     def evaluate(self, args: argparse.Namespace) -> dict[str, Any]:

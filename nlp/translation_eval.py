@@ -21,7 +21,7 @@ from nlp.translation_train import (
     publish_translation,
 )
 
-__all__ = ["bleu_scores", "translate_all", "evaluate_translation"]
+__all__ = ["bleu_scores", "translate_all", "evaluate_translation", "tune_decoding"]
 
 
 def bleu_scores(hyps: Sequence[str], refs: Sequence[str]) -> tuple[dict[str, float], dict]:
@@ -61,7 +61,8 @@ def evaluate_translation(args: argparse.Namespace) -> dict[str, Any]:
     config: dict[str, Any] = {"preset": preset, "test_prefix": prefix}
     if args.bundle:
         pred = TranslationPredictor.load(args.bundle, root=args.root, device=args.device,
-                                         num_beams=args.num_beams)
+                                         num_beams=args.num_beams,
+                                         length_penalty=getattr(args, "length_penalty", None))
         config["bundle_config"] = pred.bundle.model_config
         train_info: dict[str, float] = {}
     else:
@@ -73,17 +74,21 @@ def evaluate_translation(args: argparse.Namespace) -> dict[str, Any]:
         fp = fingerprint([parallel_file(args.data, "train", lang) for lang in (src, tgt)])
         bundle = publish_translation(fit, args.root, fp, str(args.data))
         pred = TranslationPredictor.load(bundle.path, device=args.device,
-                                         num_beams=args.num_beams)
+                                         num_beams=args.num_beams,
+                                         length_penalty=getattr(args, "length_penalty", None))
         config.update(vars(cfg))
         train_info = {"train_pairs": float(fit.train_pairs),
                       "train_seconds": round(fit.train_seconds, 1),
                       "best_val_loss": fit.best_val_loss or float("nan"),
                       "averaged_epochs": float(fit.averaged_epochs)}
+    if getattr(args, "tune_decoding", False) or preset == "full":
+        pred, config["decoding"] = tune_decoding(pred, args, src, tgt)
     t0 = time.time()
     hyps = translate_all(pred, test_src)
     scores, sigs = bleu_scores(hyps, test_ref)
     run = {**scores, **train_info, "decode_seconds": round(time.time() - t0, 1),
-           "num_beams": float(pred.num_beams), "n_test": float(len(test_src))}
+           "num_beams": float(pred.num_beams), "length_penalty": pred.length_penalty,
+           "n_test": float(len(test_src))}
     return build_report(
         VERTICAL, args.protocol, f"{Path(args.data).name}:{src}-{tgt}:{prefix}", [run],
         per="per_seed",
@@ -94,6 +99,27 @@ def evaluate_translation(args: argparse.Namespace) -> dict[str, Any]:
             for s, r, h in list(zip(test_src, test_ref, hyps, strict=True))[:5]],
             "goal": {"bleu": 35.0, "bleu_tok_lc": 41.0, "preset": "full"}},
     )
+
+
+# (num_beams, length_penalty) pairs tried on the validation split by --tune-decoding
+DECODING_GRID = ((4, 1.0), (4, 0.6), (4, 1.4), (6, 0.6), (6, 1.0), (6, 1.4))
+
+
+def tune_decoding(pred: TranslationPredictor, args: argparse.Namespace, src: str, tgt: str,
+                  ) -> tuple[TranslationPredictor, dict[str, Any]]:
+    """Beam size and length penalty with the best BLEU on DIR/val (never the test split);
+    returns a predictor set to them and the table of what was tried."""
+    if not _has(args.data, "val", src):
+        raise InvalidInput("tune_decoding", f"no val.{src}.gz/val.{tgt}.gz in {args.data}")
+    val_src, val_ref = read_parallel(args.data, "val", src, tgt)
+    tried = []
+    for beams, lp in DECODING_GRID:
+        pred.num_beams, pred.length_penalty = beams, lp
+        score = bleu_scores(translate_all(pred, val_src), val_ref)[0]["bleu"]
+        tried.append({"num_beams": beams, "length_penalty": lp, "val_bleu": round(score, 3)})
+    best = max(tried, key=lambda t: t["val_bleu"])
+    pred.num_beams, pred.length_penalty = best["num_beams"], best["length_penalty"]
+    return pred, {"chosen_on": "val", "chosen": best, "tried": tried}
 
 
 def _has(data: str, prefix: str, lang: str) -> bool:

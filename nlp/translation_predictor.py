@@ -46,7 +46,8 @@ class TranslationResponse(BaseModel):
 
 
 class TranslationPredictor(Predictor):
-    """Options: `num_beams` (default from the bundle), `batch_size` (pieces per generate)."""
+    """Options: `num_beams` and `length_penalty` (defaults from the bundle), `batch_size`
+    (pieces per generate)."""
 
     vertical = "nlp-translation"
     request_model = TranslationRequest
@@ -64,6 +65,9 @@ class TranslationPredictor(Predictor):
         self.max_new_tokens = int(meta["max_new_tokens"])
         self.prefix = meta.get("source_prefix", "")
         self.num_beams = int(self.options.get("num_beams") or meta["num_beams"])
+        # beam scores are divided by length ** length_penalty (> 1 favours longer outputs)
+        lp = self.options.get("length_penalty")
+        self.length_penalty = float(meta.get("length_penalty", 1.0) if lp is None else lp)
         self.gen_batch = int(self.options.get("batch_size") or 32)
         self.device = device
         self.model, self.tokenizer = rebuild(self.bundle, AutoModelForSeq2SeqLM, device)
@@ -102,6 +106,7 @@ class TranslationPredictor(Predictor):
                               max_length=length, return_tensors="pt").to(self.device)
                 gen = self.model.generate(
                     **enc, num_beams=self.num_beams, max_new_tokens=max_new,
+                    length_penalty=self.length_penalty,
                     do_sample=False, early_stopping=True,
                 )
                 for row, i in enumerate(idx):

@@ -120,6 +120,11 @@ class TranslationVertical(Vertical):
         parser.add_argument("--checkpoint", default=None, help="fine-tune this checkpoint")
         parser.add_argument("--epochs", type=int, default=None)
         parser.add_argument("--num-beams", type=int, default=None)
+        parser.add_argument("--length-penalty", type=float, default=None)
+        parser.add_argument("--tune-decoding", action="store_true",
+                            help="choose beam size and length penalty on DIR/val before "
+                                 "translating the test split (6 val decodes; on by default "
+                                 "with --preset full)")
 
     def evaluate(self, args: argparse.Namespace) -> dict[str, Any]:
         return evaluate_translation(args)
@@ -129,10 +134,12 @@ class TranslationVertical(Vertical):
         _lang_args(parser)
         parser.add_argument("--text-column", default="text", help="column holding the text")
         parser.add_argument("--num-beams", type=int, default=None)
+        parser.add_argument("--length-penalty", type=float, default=None)
 
     def predictor_options(self, args: argparse.Namespace) -> dict[str, Any]:
-        beams = getattr(args, "num_beams", None)
-        return {"num_beams": beams} if beams else {}
+        opts = {"num_beams": getattr(args, "num_beams", None),
+                "length_penalty": getattr(args, "length_penalty", None)}
+        return {k: v for k, v in opts.items() if v is not None}
 
     def row_to_payload(self, row: dict[str, Any], args: argparse.Namespace | None) -> Any:
         if args is None:  # rows that are already requests (JSONL of payloads)

@@ -12,7 +12,7 @@ from common.errors import InvalidInput
 from common.serving import create_app
 from nlp.embedded import parallel_phrases
 from nlp.segment import split_sentences, split_to_fit
-from nlp.translation_eval import bleu_scores, evaluate_translation
+from nlp.translation_eval import DECODING_GRID, bleu_scores, evaluate_translation
 from nlp.translation_model import train_bpe
 
 
@@ -137,6 +137,15 @@ def test_evaluate_on_a_data_folder(tmp_path):
     assert report["signatures"]["bleu"].startswith("nrefs:1")
     again = evaluate_translation(argparse.Namespace(**{**vars(args), "bundle": "latest"}))
     assert again["metrics"]["bleu"] == pytest.approx(report["metrics"]["bleu"])
+
+    # decoding chosen on val: every grid point tried, the best val BLEU used on test
+    tuned = evaluate_translation(argparse.Namespace(**{**vars(args), "bundle": "latest",
+                                                       "tune_decoding": True}))
+    dec = tuned["config"]["decoding"]
+    assert dec["chosen_on"] == "val" and len(dec["tried"]) == len(DECODING_GRID)
+    assert dec["chosen"]["val_bleu"] == max(t["val_bleu"] for t in dec["tried"])
+    assert tuned["metrics"]["num_beams"] == dec["chosen"]["num_beams"]
+    assert tuned["metrics"]["length_penalty"] == dec["chosen"]["length_penalty"]
 
 
 def test_work_dir_keeps_checkpoints_and_a_rerun_resumes(tmp_path):
