@@ -81,7 +81,7 @@ def evaluate_translation(args: argparse.Namespace) -> dict[str, Any]:
                       "train_seconds": round(fit.train_seconds, 1),
                       "best_val_loss": fit.best_val_loss or float("nan"),
                       "averaged_epochs": float(fit.averaged_epochs)}
-    if getattr(args, "tune_decoding", False) or preset == "full":
+    if getattr(args, "tune_decoding", False):
         pred, config["decoding"] = tune_decoding(pred, args, src, tgt)
     t0 = time.time()
     hyps = translate_all(pred, test_src)

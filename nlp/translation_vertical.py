@@ -123,8 +123,7 @@ class TranslationVertical(Vertical):
         parser.add_argument("--length-penalty", type=float, default=None)
         parser.add_argument("--tune-decoding", action="store_true",
                             help="choose beam size and length penalty on DIR/val before "
-                                 "translating the test split (6 val decodes; on by default "
-                                 "with --preset full)")
+                                 "translating the test split (6 extra val decodes)")
 
     def evaluate(self, args: argparse.Namespace) -> dict[str, Any]:
         return evaluate_translation(args)
