@@ -179,6 +179,8 @@ class Trainer:
             raise ValueError("grad_accum_steps must be >= 1")
         if self.config.mode not in ("min", "max"):
             raise ValueError("mode must be 'min' or 'max'")
+        if self.config.average_last < 0:
+            raise InvalidInput("average_last", f"{self.config.average_last}: must be >= 0")
         self.step_fn = step_fn or (lambda m, b: m(b))
         self.eval_fn = eval_fn
         self.collate_fn = collate_fn

@@ -149,8 +149,8 @@ def _fit_one(train: tuple[torch.Tensor, np.ndarray], val: tuple[torch.Tensor, np
     """One network: (model selected on val AUC, Trainer history, device)."""
     single = {k: v for k, v in cfg.model_config(num_classes).items() if k != "ensemble"}
     torch.manual_seed(cfg.seed)
-    # channels-last (NHWC) convolutions: ~20% faster training on CPU (oneDNN) and the layout
-    # tensor cores want on GPU; the weights saved are the same tensors
+    # channels-last (NHWC) convolutions: the layout oneDNN and tensor cores prefer; on this CPU
+    # a BreastMNIST eval went 269 -> 226 s (PneumoniaMNIST unchanged); same saved tensors
     model = build_model(single).to(memory_format=torch.channels_last)
     loss = _loss_fn(task, train[1], num_classes, cfg)
 

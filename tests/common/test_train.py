@@ -169,3 +169,11 @@ def test_checkpoint_averaging_is_the_mean_of_the_last_epochs_and_only_kept_if_be
     # kept exactly when the averaged weights beat the best single epoch on val_loss
     assert (res.averaged_epochs == 3) == (avg["val_loss"] < best_single)
     assert res.best_metric == pytest.approx(min(best_single, avg["val_loss"]))
+
+
+def test_negative_average_last_is_refused_with_the_field():
+    from common.errors import InvalidInput
+
+    with pytest.raises(InvalidInput) as e:
+        Trainer(make_model(), TrainConfig(average_last=-1), step_fn=step)
+    assert e.value.field == "average_last"

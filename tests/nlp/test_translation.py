@@ -146,6 +146,12 @@ def test_evaluate_on_a_data_folder(tmp_path):
     assert dec["chosen"]["val_bleu"] == max(t["val_bleu"] for t in dec["tried"])
     assert tuned["metrics"]["num_beams"] == dec["chosen"]["num_beams"]
     assert tuned["metrics"]["length_penalty"] == dec["chosen"]["length_penalty"]
+    for lang in ("en", "de"):
+        (tmp_path / f"val.{lang}.gz").unlink()
+    with pytest.raises(InvalidInput) as e:  # nothing to tune on: refused, never the test split
+        evaluate_translation(argparse.Namespace(**{**vars(args), "bundle": "latest",
+                                                   "tune_decoding": True}))
+    assert e.value.field == "tune_decoding"
 
 
 def test_work_dir_keeps_checkpoints_and_a_rerun_resumes(tmp_path):
