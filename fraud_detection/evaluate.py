@@ -42,7 +42,7 @@ from fraud_detection.model import choose_blend
 from fraud_detection.protocol import day_index, prequential_splits, score_split, train_test_split
 from fraud_detection.train import logit
 
-__all__ = ["add_args", "run", "GRIDS"]
+__all__ = ["add_args", "run", "GRIDS", "auc_loss_by_group"]
 log = logging.getLogger(__name__)
 
 FEATURE_SETS = {"handbook15": HANDBOOK_FEATURES, "extended21": HANDBOOK_FEATURES + EXTRA_FEATURES,
@@ -313,6 +313,26 @@ def _mean(runs: list[dict]) -> dict[str, float]:
     return out
 
 
+def auc_loss_by_group(groups: dict[str, np.ndarray], negatives: np.ndarray,
+                      scores: np.ndarray) -> dict[str, dict[str, float]]:
+    """Where the ROC AUC goes. The positives split into disjoint groups scored against the
+    same negatives make AUC a weighted mean, AUC = sum_g (n_g / n) * AUC_g, so
+    1 - AUC = sum_g auc_loss_g with auc_loss_g = (n_g / n) * (1 - AUC_g) exactly."""
+    from common import metrics as M
+
+    n = sum(int(m.sum()) for m in groups.values())
+    out = {}
+    for g, mask in groups.items():
+        k = int(mask.sum())
+        if k == 0 or not negatives.any():
+            out[g] = {"n": k, "auc": None, "auc_loss": 0.0}
+            continue
+        pick = mask | negatives
+        auc = float(M.roc_auc(mask[pick].astype(int), scores[pick]))
+        out[g] = {"n": k, "auc": round(auc, 4), "auc_loss": round(k / n * (1 - auc), 5)}
+    return out
+
+
 def _diagnostics(df, folds, fold_scores, delay_days) -> dict[str, Any]:
     """How many test frauds carry no usable signal, and what that caps. Needs the simulator's
     TX_FRAUD_SCENARIO column; it only describes the data, no model uses it.
@@ -323,7 +343,8 @@ def _diagnostics(df, folds, fold_scores, delay_days) -> dict[str, Any]:
     the other scenarios there do not reveal the compromise, so they do not count (counting any
     known fraud, as the first version did, calls a few blind frauds visible). The oracle ranks
     every other fraud first and the blind ones among the legitimate rows; `blind_vs_legit_auc`
-    is our model's AUC of blind frauds against legitimate rows (0.5: no signal at all)."""
+    is our model's AUC of blind frauds against legitimate rows (0.5: no signal at all), and
+    `auc_loss_by_group` splits 1 - AUC exactly over scenarios 1, 2 (visible / blind) and 3."""
     if "TX_FRAUD_SCENARIO" not in df:
         return {}
     from common import metrics as M
@@ -343,8 +364,11 @@ def _diagnostics(df, folds, fold_scores, delay_days) -> dict[str, Any]:
         m = score_split(df, te, oracle)
         legit = sc == 0
         pick = blind | legit
+        groups = {"scenario_1": sc == 1, "scenario_2_visible": (sc == 2) & ~blind,
+                  "scenario_2_blind": blind, "scenario_3": sc == 3}
         out.append({
             "test_frauds": int((sc > 0).sum()), "no_signal_frauds": int(blind.sum()),
+            "auc_loss_by_group": auc_loss_by_group(groups, legit, scores),
             "no_signal_frauds_any_known_fraud_rule": int(((sc == 2) & (known_any[te] == 0)).sum()),
             "oracle_roc_auc": round(m["roc_auc"], 4),
             "oracle_average_precision": round(m["average_precision"], 4),
@@ -352,12 +376,15 @@ def _diagnostics(df, folds, fold_scores, delay_days) -> dict[str, Any]:
             "blind_vs_legit_auc": round(M.roc_auc(blind[pick].astype(int), scores[pick]), 4)
             if blind.any() else None,
         })
+    loss = {g: round(float(np.mean([o["auc_loss_by_group"][g]["auc_loss"] for o in out])), 4)
+            for g in out[0]["auc_loss_by_group"]} if out else {}
     share = sum(o["no_signal_frauds"] for o in out) / max(1, sum(o["test_frauds"] for o in out))
     keys = ("oracle_roc_auc", "oracle_average_precision", "oracle_card_precision_at_100",
             "blind_vs_legit_auc")
     vals = {k: [o[k] for o in out if o[k] is not None] for k in keys}
     mean = {k: round(float(np.mean(v)), 4) if v else None for k, v in vals.items()}
     return {"per_fold": out, "no_signal_share": round(share, 4), **mean,
+            "mean_auc_loss_by_group": loss,
             "note": "frauds at terminals whose compromise is not yet visible in the known "
                     "(delayed) labels look like any other transaction; ranked at random they "
                     "cap AUC near 1 - share / 2 and bound AP and CP@100 from above"}

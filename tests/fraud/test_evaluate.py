@@ -54,6 +54,8 @@ def test_handbook_protocol_report(data_dir, tmp_path, monkeypatch):
     assert r["metrics"]["roc_auc"] > 0.7  # frauds are far from random here
     assert r["diagnostics"]["oracle_roc_auc"] <= 1.0
     assert 0.0 <= r["diagnostics"]["blind_vs_legit_auc"] <= 1.0
+    loss = r["diagnostics"]["mean_auc_loss_by_group"]
+    assert set(loss) == {"scenario_1", "scenario_2_visible", "scenario_2_blind", "scenario_3"}
     assert {s["features"] for s in r["selection"]} <= {"handbook15", "extended21", "all"}
     # the blend: its weight per fold comes from the validation split, never the test rows
     assert {"xgboost_selected", "blend_xgb_mlp"} <= set(r["baselines"])
@@ -80,3 +82,22 @@ def test_too_little_history_is_refused(data_dir):
     with pytest.raises(InvalidInput) as e:
         run(args)
     assert e.value.field == "train_start"
+
+
+def test_auc_loss_by_group_splits_one_minus_auc_exactly():
+    import numpy as np
+
+    from common import metrics as M
+    from fraud_detection.evaluate import auc_loss_by_group
+
+    rng = np.random.default_rng(3)
+    group = rng.choice(4, size=3000, p=[0.9, 0.04, 0.03, 0.03])  # 0: negatives
+    scores = np.round(rng.normal(size=3000) + 0.8 * group, 1)  # rounding makes ties
+    groups = {f"g{k}": group == k for k in (1, 2, 3)}
+    out = auc_loss_by_group(groups, group == 0, scores)
+    total = M.roc_auc((group > 0).astype(int), scores)
+    assert sum(g["auc_loss"] for g in out.values()) == pytest.approx(1 - total, abs=3e-5)
+    assert out["g3"]["auc"] > out["g1"]["auc"]  # a larger shift ranks better
+    assert [out[f"g{k}"]["n"] for k in (1, 2, 3)] == [int((group == k).sum()) for k in (1, 2, 3)]
+    empty = auc_loss_by_group({"none": group == 9}, group == 0, scores)
+    assert empty["none"] == {"n": 0, "auc": None, "auc_loss": 0.0}
