@@ -48,12 +48,31 @@ class ServingMiddleware:
         scope.setdefault("state", {})["request_id"] = rid
         rid_header = (b"x-request-id", rid.encode())
         status_box = [500]
+        recorded = [False]
+
+        def record() -> None:
+            # called just before the last body chunk goes out, so a /metrics scrape made after
+            # a client has its response always counts it (and once more in `finally` for
+            # requests that never completed a response)
+            if recorded[0]:
+                return
+            recorded[0] = True
+            route = scope.get("route")
+            label = getattr(route, "path", None) or ("unmatched" if status_box[0] == 404 else path)
+            key = (label, scope["method"], str(status_box[0]))
+            children = self._children.get(key)
+            if children is None:
+                children = self._children[key] = (REQUESTS.labels(*key), LATENCY.labels(*key))
+            children[0].inc()
+            children[1].observe(time.perf_counter() - t0)
 
         async def send_wrapper(message):
             if message["type"] == "http.response.start":
                 status_box[0] = message["status"]
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], rid_header]
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                record()
             await send(message)
 
         async def reply(status: int, code: str, msg: str, field: str | None, extra=()):
@@ -66,6 +85,7 @@ class ServingMiddleware:
                 *extra,
             ]
             await send({"type": "http.response.start", "status": status, "headers": hdrs})
+            record()
             await send({"type": "http.response.body", "body": body})
 
         path = scope["path"]
@@ -114,14 +134,7 @@ class ServingMiddleware:
             finally:
                 request_timeout.reset(token)
         finally:
-            route = scope.get("route")
-            label = getattr(route, "path", None) or ("unmatched" if status_box[0] == 404 else path)
-            key = (label, scope["method"], str(status_box[0]))
-            children = self._children.get(key)
-            if children is None:
-                children = self._children[key] = (REQUESTS.labels(*key), LATENCY.labels(*key))
-            children[0].inc()
-            children[1].observe(time.perf_counter() - t0)
+            record()
 
     def _authorised(self, headers: dict[bytes, bytes]) -> bool:
         given = headers.get(b"x-api-key")

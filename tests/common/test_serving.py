@@ -158,3 +158,30 @@ def test_readyz_false_when_a_model_cannot_load(tmp_path):
         assert_error(r, 503, "not_ready")
         assert "verticals train toy" in r.json()["error"]["message"]
         assert_error(c.post("/toy/v1/predict", json={"x": [1, 2, 3, 4]}), 503, "not_ready")
+
+
+def test_request_is_counted_before_its_response_is_complete():
+    """A scrape made as soon as a client has its response must count that response: the
+    counter moves before the last body chunk is handed to the server."""
+    from common.serving.middleware import ServingMiddleware
+    from common.serving.prom import REQUESTS
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    counter = REQUESTS.labels("/count-me", "GET", "200")
+    seen_at_last_chunk = []
+
+    async def send(message):
+        if message["type"] == "http.response.body" and not message.get("more_body"):
+            seen_at_last_chunk.append(counter._value.get())
+
+    async def receive():
+        return {"type": "http.request", "body": b""}
+
+    before = counter._value.get()
+    scope = {"type": "http", "path": "/count-me", "method": "GET", "headers": []}
+    asyncio.run(ServingMiddleware(app, None, 1024)(scope, receive, send))
+    assert seen_at_last_chunk == [before + 1]
+    assert counter._value.get() == before + 1  # counted once, not again on the way out
