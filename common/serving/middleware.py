@@ -51,8 +51,8 @@ class ServingMiddleware:
         recorded = [False]
 
         def record() -> None:
-            # called just before the last body chunk goes out, so a /metrics scrape made after
-            # a client has its response always counts it (and once more in `finally` for
+            # once per request, just before the last body chunk goes out: a /metrics scrape
+            # made after a client has its response then always counts it (`finally` covers
             # requests that never completed a response)
             if recorded[0]:
                 return
