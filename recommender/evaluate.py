@@ -6,9 +6,10 @@
 - `leave-last-out` (sequential recommenders): each user's latest interaction is the test item,
   full ranking, seen items removed: HR@10 and NDCG@10.
 
-Hyper-parameters and the model (or blend) are chosen on a validation split carved from the
-training part with the same protocol (stratified: the same splitter, seed 7, on the training
-rows; leave-last-out: each user's last training interaction), never on the test part.
+Hyper-parameters and the model (or blend) are chosen on validation carved from the training
+part with the same protocol (stratified: the same splitter on the training rows, seeds 7, 8, 9,
+metrics averaged over the three folds; leave-last-out: each user's last training interaction),
+never on the test part.
 """
 
 from __future__ import annotations
@@ -30,12 +31,19 @@ from recommender.data import (
     synthetic_interactions,
     to_implicit,
 )
-from recommender.select import _name, fit_spec, score_model, select
+from recommender.select import (
+    VALIDATION_SEEDS,
+    Fold,
+    _name,
+    fit_spec,
+    score_model,
+    select,
+    stratified_folds,
+)
 
 __all__ = ["PROTOCOLS", "split_for", "run_protocol", "evaluate_args"]
 log = logging.getLogger(__name__)
 PROTOCOLS = ("stratified", "leave-last-out")
-VALIDATION_SEED = 7
 PUBLISHED = {  # MS Recommenders' ML-100K benchmark table (P@10 / R@10 / NDCG@10)
     "stratified": {
         "bpr": {"precision_at_10": 0.389, "recall_at_10": 0.217, "ndcg_at_10": 0.445},
@@ -69,10 +77,13 @@ def run_protocol(df: pd.DataFrame, protocol: str, preset: str = "quick", seeds: 
     counts = test["user_id"].map(enc.user_index).dropna().astype(int).value_counts()
     n_rel = np.zeros(enc.n_users, dtype=np.int64)
     n_rel[counts.index.to_numpy()] = counts.to_numpy()
-    sub, val = split_for(protocol, train, seed=VALIDATION_SEED)
+    if protocol == "stratified":
+        folds = stratified_folds(train, enc, preset)
+    else:
+        sub, val = split_for(protocol, train)
+        folds = [Fold(enc.matrix(sub), enc.matrix(val), enc.times(sub))]
     t0 = time.perf_counter()
-    winner, table, best = select(enc.matrix(sub), enc.matrix(val), preset, seed=0,
-                                 T_sub=enc.times(sub))
+    winner, table, best = select(folds, preset, seed=0)
     select_s = time.perf_counter() - t0
     runs, cache = [], {}
     for seed in range(seeds):
@@ -95,7 +106,8 @@ def run_protocol(df: pd.DataFrame, protocol: str, preset: str = "quick", seeds: 
         "validation": table,
         "select_time_s": round(select_s, 2),
         "sizes": {"interactions": len(df), "train": len(train), "test": len(test),
-                  "validation_train": len(sub), "validation": len(val),
+                  "validation_folds": len(folds), "validation_train": folds[0].X_sub.nnz,
+                  "validation": folds[0].X_val.nnz,
                   "users": enc.n_users, "items": enc.n_items},
     }
 
@@ -133,7 +145,9 @@ def evaluate_args(args) -> dict[str, Any]:
         "implicit_threshold": args.implicit_threshold,
         "split": {"stratified": "python_stratified_split(ratio=0.75, filter_by='item', seed=42)",
                   "leave-last-out": "latest interaction per user"}[protocol],
-        "validation": f"same splitter on the training part (seed {VALIDATION_SEED})"
+        "validation": "same splitter on the training part (seeds "
+        f"{', '.join(map(str, VALIDATION_SEEDS[:res['sizes']['validation_folds']]))}; "
+        "metrics averaged over the folds)"
         if protocol == "stratified" else "each user's last training interaction",
         "selected_model": res["selected_name"], "selected_spec": res["selected"],
         "map_definitions": {"map_at_10": "AP@10 / min(10, |relevant|) (common.metrics)",

@@ -1,5 +1,6 @@
-"""Training a bundle: select the model on a validation split of the data (MS Recommenders'
-stratified splitter, seed 7), refit the winner on all of it, publish the bundle."""
+"""Training a bundle: select the model on validation folds of the data (MS Recommenders'
+stratified splitter, seeds 7, 8, 9 by preset), refit the winner on all of it, publish the
+bundle."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import pandas as pd
 
 from common.artifacts import Bundle, fingerprint
 from recommender.bundle import write_bundle
-from recommender.data import encode, stratified_split, synthetic_interactions, to_implicit
-from recommender.select import _name, fit_spec, select
+from recommender.data import encode, synthetic_interactions, to_implicit
+from recommender.select import _name, fit_spec, select, stratified_folds
 
 __all__ = ["train_bundle", "default_data", "DEFAULT_SIZES"]
 log = logging.getLogger(__name__)
@@ -31,8 +32,7 @@ def train_bundle(df: pd.DataFrame, root: str | Path, preset: str = "demo",
     t0 = time.perf_counter()
     df = to_implicit(df)
     enc = encode(df)
-    sub, val = stratified_split(df, ratio=0.75, filter_by="item", seed=7)
-    winner, table, _ = select(enc.matrix(sub), enc.matrix(val), preset, T_sub=enc.times(sub))
+    winner, table, _ = select(stratified_folds(df, enc, preset), preset)
     X = enc.matrix(df)
     model = fit_spec(winner, X, None, seed=0, T=enc.times(df))
     chosen = next((r for r in table if r["model"] == _name(winner)), {})

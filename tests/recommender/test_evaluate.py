@@ -9,13 +9,20 @@ import pytest
 
 from common.cli import main
 from recommender.data import encode, leave_last_out_split, stratified_split
-from recommender.evaluate import VALIDATION_SEED, run_protocol, split_for
-from recommender.select import fit_spec, topk_all
+from recommender.evaluate import run_protocol, split_for
+from recommender.select import (
+    VALIDATION_SEEDS,
+    Fold,
+    fit_spec,
+    score_model,
+    stratified_folds,
+    topk_all,
+)
 
 
 def test_test_candidates_exclude_training_and_validation_items(small_df):
     train, test = split_for("stratified", small_df)
-    sub, val = split_for("stratified", train, seed=VALIDATION_SEED)
+    sub, val = split_for("stratified", train, seed=VALIDATION_SEEDS[0])
     enc = encode(train)
     X = enc.matrix(train)
     # the validation rows are part of the training part, so the test-time filter covers them
@@ -79,10 +86,10 @@ def test_blend_and_weights_are_chosen_from_the_validation_table(small_df):
     from recommender.select import _name, select
 
     train, _ = split_for("stratified", small_df)
-    sub, val = split_for("stratified", train, seed=VALIDATION_SEED)
+    sub, val = split_for("stratified", train, seed=VALIDATION_SEEDS[0])
     enc = encode(train)
-    winner, table, best = select(enc.matrix(sub), enc.matrix(val), "test",
-                                 T_sub=enc.times(sub))
+    winner, table, best = select(Fold(enc.matrix(sub), enc.matrix(val), enc.times(sub)),
+                                 "test")
     # the winner is the validation table's best row (a single model or a greedy blend)
     top = max(table, key=lambda r: r["ndcg_at_10"])
     assert _name(winner) == top["model"]
@@ -90,3 +97,30 @@ def test_blend_and_weights_are_chosen_from_the_validation_table(small_df):
     if winner["kind"] == "blend":
         assert sum(winner["weights"]) == pytest.approx(1.0)
         assert len(winner["parts"]) <= 3
+
+
+def test_folds_are_distinct_splits_of_the_training_part_only(small_df):
+    train, test = split_for("stratified", small_df)
+    enc = encode(train)
+    folds = stratified_folds(train, enc, "quick")
+    assert len(folds) == 3 and len(stratified_folds(train, enc, "demo")) == 1
+    X = enc.matrix(train)
+    for f in folds:  # each fold partitions the training part, test rows never enter
+        assert (f.X_sub + f.X_val - X).count_nonzero() == 0
+        assert f.X_sub.multiply(f.X_val).nnz == 0
+    assert (folds[0].X_val != folds[1].X_val).nnz > 0
+
+
+def test_selection_ranks_by_the_mean_over_folds(small_df):
+    from recommender.select import _name, select
+
+    train, _ = split_for("stratified", small_df)
+    enc = encode(train)
+    folds = stratified_folds(train, enc, "quick")
+    winner, table, _ = select(folds, "test", blend=False)
+    row = next(r for r in table if r["model"] == "ease(l2=30.0)")
+    per = [score_model(fit_spec({"kind": "ease", "config": {"l2": 30.0}}, f.X_sub),
+                       f.X_sub, f.X_val)["ndcg_at_10"] for f in folds]
+    assert row["ndcg_at_10_folds"] == pytest.approx(per, abs=1e-5)
+    assert row["ndcg_at_10"] == pytest.approx(np.mean(per), abs=1e-5)
+    assert _name(winner) == max(table, key=lambda r: r["ndcg_at_10"])["model"]
