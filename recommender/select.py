@@ -3,10 +3,11 @@ fit every candidate of the preset's grid on each fold's sub-training rows, score
 validation rows, average over the folds, keep the best configuration of each kind, then grow a
 blend greedily from the best model: each round adds the (kind, weight) that raises the mean
 validation NDCG@10 most, and stops when nothing does. Several folds (repeated hold-out) because
-on ML-100K one validation split's noise (about ±0.003 NDCG@10) is as large as the differences
-between the top configurations. The winner is refitted on the whole training part (neural
-models for the epoch count that was best on validation). Time-aware models get the timestamps
-of the rows they are fitted on (`T`), never of the rows they are scored on."""
+on ML-100K one split's noise is larger than the gaps between the top configurations (the chosen
+blend scores NDCG@10 0.282 / 0.275 / 0.286 on the three folds). The winner is refitted on the
+whole training part (neural models for the epoch count that was best on validation).
+Time-aware models get the timestamps of the rows they are fitted on (`T`), never of the rows
+they are scored on."""
 
 from __future__ import annotations
 
@@ -91,8 +92,8 @@ _GRIDS["full"] = [
       for n in (2, 3) for r in (1e-4, 1e-3)),
 ]
 # Validation folds per preset (the stratified splitter with these seeds on the training part).
-# quick/full: 3 folds. On ML-100K's stratified protocol one fold's noise (±0.003 NDCG@10) is
-# as large as the gaps between the top configurations; demo/test keep `make demo` fast.
+# quick/full: 3 folds, since on ML-100K the top blends' NDCG@10 differs by up to 0.011 between
+# folds, more than the gaps between them; demo/test keep one so `make demo` stays fast.
 VALIDATION_SEEDS = (7, 8, 9)
 _FOLDS = {"test": 1, "demo": 1, "quick": 3, "full": 3}
 BLEND_WEIGHTS = (0.1, 0.2, 0.35, 0.5)
