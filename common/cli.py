@@ -6,7 +6,7 @@ verticals train fraud [--preset demo]           train + publish a bundle
 verticals evaluate fraud --protocol handbook --data DIR --out report.json
 verticals serve --verticals fraud,recommender --port 8000 --workers 2
 verticals score fraud day.parquet scores.parquet [--engine ray]
-verticals models list | verticals models show fraud/latest
+verticals models list | show fraud/production | alias | promote | rollback | history | diff
 verticals explain medical scan.dcm --out overlay.png
 """
 
@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from common.artifacts import default_root, list_bundles, load_bundle
+from common.cli_models import add_models_parser, cmd_models
 from common.errors import VerticalsError
 from common.registry import get_vertical, list_verticals
 
@@ -114,10 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--port", type=int, default=8000)
     sp.add_argument("--workers", type=int, default=1)
 
-    mp = sub.add_parser("models", help="list or show model bundles")
-    _common(mp)
-    mp.add_argument("action", choices=["list", "show"])
-    mp.add_argument("ref", nargs="?", help="show: a bundle path or VERTICAL/latest")
+    add_models_parser(sub, _common)
 
     dp = sub.add_parser("demo", help="train missing default models, then serve all verticals")
     _common(dp)
@@ -133,29 +131,6 @@ def build_parser() -> argparse.ArgumentParser:
     ep.add_argument("--bundle", default="latest")
     _common(ep)
     return parser
-
-
-def _cmd_models(args) -> None:
-    if args.action == "list":
-        rows = list_bundles(args.root)
-        if not rows:
-            print(f"no bundles under {args.root}")
-        for p in rows:
-            m = json.loads((p / "manifest.json").read_text())
-            metrics = ", ".join(
-                f"{k}={v:.4g}"
-                for k, v in list(m.get("metrics", {}).items())[:4]
-                if isinstance(v, int | float)
-            )
-            print(f"{m['vertical']:<16} {m['version']:<24} {m['name']:<24} {metrics}  {p}")
-        return
-    if not args.ref:
-        raise VerticalsError("models show needs a bundle path or VERTICAL/latest", "ref")
-    ref = args.ref
-    vertical = None
-    if ref.endswith("/latest"):
-        vertical, ref = ref.split("/")[0], "latest"
-    print(json.dumps(load_bundle(ref, vertical=vertical, root=args.root).manifest, indent=2))
 
 
 def _serve(args, names: list[str]) -> None:
@@ -272,7 +247,7 @@ def _run(args) -> None:
             get_vertical(n)  # unknown names fail here with one line, not in a worker
         _serve(args, names)
     elif args.command == "models":
-        _cmd_models(args)
+        cmd_models(args)
     elif args.command == "demo":
         _cmd_demo(args)
     elif args.command == "explain":
