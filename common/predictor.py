@@ -99,6 +99,18 @@ class Predictor(ABC):
     def health(self) -> bool:
         return self.ready
 
+    # ---- lifecycle hooks (the server swapping bundles; see common/serving/follow.py) ------
+    def warmup(self) -> None:
+        """Run the model once before it takes traffic (default: nothing). Must not write
+        any state a request would (feature stores, events): it runs beside the live model."""
+
+    def adopt_state(self, old: Predictor) -> None:
+        """Take over the live state of the predictor this one replaces (e.g. a feature store
+        or online events), so a swap loses nothing (default: nothing to take)."""
+
+    def close(self) -> None:
+        """Release what `setup` opened once this predictor is swapped out (default: nothing)."""
+
     # ---- conveniences shared by REST, batch and library users ----------------------------
     def info(self) -> dict[str, Any]:
         m = self.bundle.manifest

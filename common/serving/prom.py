@@ -15,7 +15,16 @@ from prometheus_client import (
     multiprocess,
 )
 
-__all__ = ["REQUESTS", "LATENCY", "QUEUE_DEPTH", "BATCH_SIZE", "STAGE_TIME", "render"]
+__all__ = [
+    "REQUESTS",
+    "LATENCY",
+    "QUEUE_DEPTH",
+    "BATCH_SIZE",
+    "STAGE_TIME",
+    "MODEL_SWAPS",
+    "MODEL_VERSION",
+    "render",
+]
 
 REQUESTS = Counter("verticals_requests_total", "HTTP requests", ["route", "method", "status"])
 LATENCY = Histogram(
@@ -41,6 +50,20 @@ STAGE_TIME = Histogram(
     "Time per serving stage",
     ["model", "stage"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
+)
+
+MODEL_SWAPS = Counter(
+    "verticals_model_swaps_total",
+    "Bundle swaps by the alias follower (outcome: swapped or refused)",
+    ["model", "outcome"],
+)
+# 1 for the version a process serves, 0 for the one it replaced; per process under several
+# workers, so a scrape shows whether every worker converged on the same version
+MODEL_VERSION = Gauge(
+    "verticals_model_version_info",
+    "Bundle version served (1) by this process",
+    ["model", "version"],
+    multiprocess_mode="liveall",
 )
 
 

@@ -1,0 +1,126 @@
+"""The server follows the store's `production` alias, in every worker and every replica.
+
+Each server process polls the store itself (a per-process admin call would reach one worker or
+one replica only). When a vertical's `production` alias points at a bundle other than the one
+being served, the new bundle is loaded, checksum-verified and warmed up in a thread, off the
+request path, then swapped in inside the model thread: a batch already running finishes on the
+model it started on, and every later batch runs on the new one. A bundle that fails to load or
+verify is refused with a log line and a metric, and the old model keeps serving; the same broken
+target is not retried until the alias or the bundle changes.
+
+Verticals served from an explicit bundle path (`bundles=` / tests' ready-made predictors) are
+pinned and never followed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from common.aliases import serving_ref
+from common.artifacts import MANIFEST
+from common.predictor import Predictor
+from common.serving.prom import MODEL_SWAPS, MODEL_VERSION
+from common.serving.served import ServedPredictor
+
+__all__ = ["AliasFollower", "DEFAULT_POLL_S"]
+log = logging.getLogger(__name__)
+DEFAULT_POLL_S = float(os.environ.get("VERTICALS_ALIAS_POLL_S", "2.0"))
+
+
+def _stamp(path: Path) -> tuple[str, float]:
+    """Identity of a target for the refused-target memo: its path and manifest mtime."""
+    try:
+        return str(path), (path / MANIFEST).stat().st_mtime
+    except OSError:
+        return str(path), -1.0
+
+
+class AliasFollower:
+    """Polls `root` every `poll_s` seconds and swaps in each vertical's production bundle."""
+
+    def __init__(
+        self,
+        served: dict[str, ServedPredictor],
+        build: Callable[[str, Path], Predictor],
+        root: str | Path | None,
+        pinned: set[str] | frozenset[str] = frozenset(),
+        poll_s: float = DEFAULT_POLL_S,
+    ):
+        self.served, self.build, self.root = served, build, root
+        self.pinned = set(pinned)
+        self.poll_s = poll_s
+        self._refused: dict[str, tuple[str, float]] = {}
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        for name, s in self.served.items():
+            MODEL_VERSION.labels(name, s.predictor.bundle.version).set(1)
+        if self.poll_s > 0:
+            self._task = asyncio.create_task(self._run(), name="alias-follower")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_s)
+            try:
+                await self.check_once()
+            except Exception:  # the follower must never die: log and poll again
+                log.exception("alias follower: check failed")
+
+    def _target(self, name: str) -> Path | None:
+        ref = serving_ref(self.root, name)
+        return None if ref == "latest" else Path(ref)
+
+    async def check_once(self) -> list[str]:
+        """One poll over every followed vertical; returns the names swapped."""
+        swapped = []
+        for name, s in list(self.served.items()):
+            if name in self.pinned:
+                continue
+            target = self._target(name)
+            if target is None or target.resolve() == s.predictor.bundle.path.resolve():
+                continue
+            stamp = _stamp(target)
+            if self._refused.get(name) == stamp:
+                continue
+            if await self._swap(name, s, target, stamp):
+                swapped.append(name)
+        return swapped
+
+    async def _swap(self, name: str, s: ServedPredictor, target: Path, stamp) -> bool:
+        old = s.predictor
+        try:
+            new = await asyncio.to_thread(self.build, name, target)
+            await asyncio.to_thread(new.warmup)
+        except Exception as e:  # BundleError and anything a broken bundle raises in setup
+            self._refused[name] = stamp
+            MODEL_SWAPS.labels(name, "refused").inc()
+            reason = getattr(e, "message", None) or f"{type(e).__name__}: {e}"
+            log.error("%s: refused bundle %s (keeps serving %s): %s",
+                      name, target.name, old.bundle.version, reason)
+            return False
+
+        def handover() -> None:  # in the model thread: no batch runs while the model changes
+            new.adopt_state(old)
+            s.predictor = new
+
+        await s.call(handover)
+        self._refused.pop(name, None)
+        MODEL_SWAPS.labels(name, "swapped").inc()
+        MODEL_VERSION.labels(name, old.bundle.version).set(0)
+        MODEL_VERSION.labels(name, new.bundle.version).set(1)
+        log.warning("%s: now serving %s (was %s)", name, new.bundle.version, old.bundle.version)
+        old.close()
+        return True
+
