@@ -1,8 +1,13 @@
 """The `--engine ray` path of `common.batch`: windows of chunks through Ray Data `map_batches`
-with an actor pool, each actor holding one Predictor (loaded once, like a serving replica)."""
+with an actor pool, each actor holding one Predictor (loaded once, like a serving replica).
+
+The chunks are those `Vertical.prepare_batch` already prepared in the driver, so actors do only
+stateless work, and their answers come back as Parquet bytes: the very values the local engine
+writes (a JSON round trip would keep 10 significant digits of every float)."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections.abc import Iterable
@@ -31,14 +36,11 @@ class _ScoringActor:
         idx = int(chunk["__chunk"].iloc[0])
         chunk = chunk.drop(columns="__chunk")
         df, rejects = score_frame(self.predictor, chunk, self.vertical, self.args, self.keep)
-        # one output table per input batch: scored rows as JSON plus the rejects, so the
+        # one output table per input batch: scored rows as Parquet plus the rejects, so the
         # driver can write the same part files as the local engine
         return pd.DataFrame(
-            {
-                "__chunk": [idx],
-                "rows": [df.to_json(orient="records")],
-                "rejects": [json.dumps(rejects)],
-            }
+            {"__chunk": [idx], "rows": [df.to_parquet(index=False)],
+             "rejects": [json.dumps(rejects)]}
         )
 
 
@@ -92,7 +94,7 @@ def score_chunks_ray(
         )
         for out in ds.iter_batches(batch_format="pandas", batch_size=None):
             for rec in out.to_dict("records"):
-                rows = pd.DataFrame(json.loads(rec["rows"]))
+                rows = pd.read_parquet(io.BytesIO(rec["rows"]))
                 _write_atomic(rows, json.loads(rec["rejects"]), parts, int(rec["__chunk"]))
         pending.clear()
 
@@ -105,8 +107,13 @@ def score_chunks_ray(
             continue
         chunk = chunk.copy()
         chunk["__chunk"] = idx
-        # Ray serialises with Arrow: keep object columns plain Python
-        pending.append(pd.DataFrame([clean_row(r) for r in chunk.to_dict("records")]))
+        # Ray serialises with Arrow: keep object columns plain Python (numeric columns, such as
+        # prepared feature rows, go as they are: exact and without a Python object per cell)
+        obj = [c for c in chunk.columns if chunk[c].dtype == object]
+        if obj:
+            chunk[obj] = pd.DataFrame([clean_row(r) for r in chunk[obj].to_dict("records")],
+                                      index=chunk.index, columns=obj)
+        pending.append(chunk)
         if len(pending) >= window:
             flush()
     flush()
