@@ -15,6 +15,7 @@ of the same Predictor, keeping the same parts, rejects and resume logic.
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import json
 import logging
@@ -22,7 +23,9 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +34,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from common.batch_io import clean_row, count_rows, flatten, input_files, iter_chunks, prefetch
+from common.batch_io import (
+    clean_row,
+    count_rows,
+    flatten,
+    input_files,
+    iter_chunks,
+    parse_row,
+    prefetch,
+    split_broken,
+)
 from common.errors import InvalidInput, VerticalsError
 from common.predictor import Predictor
 from common.registry import get_vertical
@@ -50,6 +62,11 @@ def score_frame(
 ) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
     """Score one chunk (with `__row`/`__source` columns): (output rows, reject records)."""
     vertical = get_vertical(vertical_name)
+    chunk, broken = split_broken(chunk)  # rows the reader could not parse: rejected as they are
+    if broken:
+        df, rejects = (score_frame(predictor, chunk, vertical_name, args, keep) if len(chunk)
+                       else (pd.DataFrame(), []))
+        return df, broken + rejects
     columnar = vertical.score_columns(predictor, chunk, args)
     if columnar is not None:
         df, rejects = columnar
@@ -63,7 +80,7 @@ def score_frame(
         rec = clean_row(rec)
         row_no, source = rec.pop("__row"), rec.pop("__source")
         try:
-            requests.append(predictor.parse(vertical.row_to_payload(rec, args)))
+            requests.append(parse_row(predictor, vertical, rec, args))
             meta.append((row_no, rec))
         except VerticalsError as e:
             rejects.append({"row": row_no, "source": source, "field": e.field, "reason": e.message})
@@ -87,25 +104,55 @@ def score_frame(
 
 def _job_key(input_path: Path, chunk_size: int, vertical: str, bundle: str) -> str:
     parts = [vertical, bundle, str(chunk_size)]
-    for f in input_files(input_path):
+    # every file under a folder, not only tabular ones: a vertical with its own reader
+    # (images, DICOM series) takes a folder of any files
+    files = sorted(p for p in input_path.rglob("*") if p.is_file()) if input_path.is_dir() \
+        else input_files(input_path)  # a missing or unreadable file: one clear error
+    for f in files:
         st = f.stat()
         parts += [str(f.resolve()), str(st.st_size), str(st.st_mtime_ns)]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
+@contextmanager
+def _writing(parts: Path, *tmp: Path) -> Iterator[None]:
+    """A full disk while writing the job's files is one clear error naming the output: the
+    half-written temporary files go (freeing their space), finished chunks stay for the rerun."""
+    try:
+        yield
+    except OSError as e:
+        for t in tmp:
+            t.unlink(missing_ok=True)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(e):
+            output = parts.with_suffix("")
+            raise InvalidInput(
+                "output",
+                f"{output}: no space left on device; finished chunks are kept in {parts.name}/, "
+                "free some space and rerun the same command to resume",
+            ) from None
+        raise
+
+
 def _write_atomic(df: pd.DataFrame, rejects: list[dict], parts: Path, idx: int) -> None:
     tmp = parts / f".part-{idx:06d}.tmp"
-    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp)
     rtmp = parts / f".rejects-{idx:06d}.tmp"
-    rtmp.write_text("".join(json.dumps(r) + "\n" for r in rejects))
-    for p in (tmp, rtmp):
-        with open(p, "rb") as fh:
-            os.fsync(fh.fileno())
+    with _writing(parts, tmp, rtmp):
+        pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp)
+        rtmp.write_text("".join(json.dumps(r) + "\n" for r in rejects))
+        for p in (tmp, rtmp):
+            with open(p, "rb") as fh:
+                os.fsync(fh.fileno())
     os.replace(rtmp, parts / f"rejects-{idx:06d}.jsonl")
     os.replace(tmp, parts / f"part-{idx:06d}.parquet")  # the part file marks the chunk done
 
 
 def _merge(parts: Path, output: Path) -> tuple[int, int]:
+    tmps = (output.with_name(output.name + ".tmp"), parts / ".rejects.merged")
+    with _writing(parts, *tmps):
+        return _merge_parts(parts, output)
+
+
+def _merge_parts(parts: Path, output: Path) -> tuple[int, int]:
     files = sorted(parts.glob("part-*.parquet"))
     schemas = [pq.read_schema(f) for f in files if pq.ParquetFile(f).metadata.num_rows]
     schema = pa.unify_schemas(schemas, promote_options="permissive") if schemas else None
@@ -168,22 +215,38 @@ def score_file(
     output.parent.mkdir(parents=True, exist_ok=True)
     parts = output.with_name(output.name + ".parts")
     custom = spec.read_batch(input_path, chunk_size, args)
-    key = _job_key(input_path, chunk_size, vertical, str(bundle)) if custom is None else None
+    # a custom reader's input (fraud's sorted replay) is keyed too when it is a file or folder
+    key = (_job_key(input_path, chunk_size, vertical, str(bundle))
+           if custom is None or input_path.exists() else None)
     job_file = parts / "job.json"
+    prev: dict[str, Any] | None = None
     if parts.exists() and job_file.exists():
-        prev = json.loads(job_file.read_text())
+        try:
+            prev = json.loads(job_file.read_text())
+        except ValueError:  # cut short by a full disk: it describes no job
+            prev = {}
         if prev.get("key") != key:
-            raise InvalidInput(
-                "output",
-                f"{parts} belongs to another job (input, chunk size or "
-                "bundle changed); delete it to start over",
-            )
+            if any(parts.glob("part-*.parquet")):
+                raise InvalidInput(
+                    "output",
+                    f"{parts} belongs to another job (input, chunk size or "
+                    "bundle changed); delete it to start over",
+                )
+            shutil.rmtree(parts)  # a start that finished no chunk (unreadable input): no work lost
+            prev = None
     parts.mkdir(exist_ok=True)
-    job_file.write_text(json.dumps({"key": key, "vertical": vertical, "input": str(input_path)}))
+    if prev is None:
+        tmp_job = parts / ".job.tmp"
+        with _writing(parts, tmp_job):
+            tmp_job.write_text(json.dumps({"key": key, "vertical": vertical,
+                                           "input": str(input_path)}))
+        os.replace(tmp_job, job_file)
     done = {int(p.stem.split("-")[1]) for p in parts.glob("part-*.parquet")}
     if predictor is None:
         predictor = spec.predictor_cls.load(bundle, root=root, **spec.predictor_options(args))
     chunks = custom if custom is not None else iter_chunks(input_path, chunk_size)
+    # once per job, before any chunk is scored or sent to Ray: stateful features, in order
+    chunks = spec.prepare_batch(predictor, chunks, args, keep, workdir=parts)
     total = count_rows(input_path) if custom is None else None
     show = progress if progress is not None else (sys.stderr.isatty() and not os.environ.get("CI"))
     bar = tqdm(total=total, unit="rows", desc=f"score {vertical}", disable=not show)
