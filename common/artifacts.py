@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import platform
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from importlib import metadata
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch
@@ -36,6 +38,7 @@ __all__ = [
     "fingerprint",
     "library_versions",
 ]
+log = logging.getLogger(__name__)
 
 WEIGHTS = "model.safetensors"
 MANIFEST = "manifest.json"
@@ -55,8 +58,31 @@ _TRACKED_LIBS = (
 )
 
 
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")
+
+
 def default_root() -> Path:
     return Path(os.environ.get("VERTICALS_HOME", "artifacts"))
+
+
+def _inside(base: Path, rel: str, what: str) -> Path:
+    """`base / rel` for a relative POSIX path that stays inside `base` (symlinks included);
+    BundleError naming `rel` otherwise: a manifest or ref must not reach outside its bundle."""
+    pure = PurePosixPath(rel)
+    if (not rel or "\\" in rel or ":" in rel or pure.is_absolute() or ".." in pure.parts):
+        raise BundleError(f"{base}: {what} {rel!r} is not a plain relative path inside the "
+                          "bundle", field="bundle")
+    p = base / pure
+    if not p.resolve().is_relative_to(base.resolve()):
+        raise BundleError(f"{base}: {what} {rel!r} resolves outside the bundle", field="bundle")
+    return p
+
+
+def _store_dir(root: str | Path | None, vertical: str) -> Path:
+    """`<root>/<vertical>`; the vertical must be a plain name, so `../x` cannot leave the store."""
+    if not _PLAIN_NAME.match(vertical):
+        raise BundleError(f"{vertical!r} is not a vertical name", field="bundle")
+    return (Path(root) if root is not None else default_root()) / vertical
 
 
 def library_versions() -> dict[str, str]:
@@ -143,7 +169,7 @@ class Bundle:
         return load_file(str(self.path / WEIGHTS), device=str(device))
 
     def file(self, name: str) -> Path:
-        p = self.path / name
+        p = _inside(self.path, name, "file")
         if not p.exists():
             raise BundleError(f"bundle {self.path} has no file {name!r}", field="bundle")
         return p
@@ -184,13 +210,13 @@ class BundleWriter:
         self._weights_saved = True
 
     def add_json(self, name: str, obj: Any) -> Path:
-        p = self.tmp / name
+        p = _inside(self.tmp, name, "file")
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
         return p
 
     def add_file(self, name: str, src: str | Path) -> Path:
-        p = self.tmp / name
+        p = _inside(self.tmp, name, "file")
         p.parent.mkdir(parents=True, exist_ok=True)
         if Path(src).is_dir():
             shutil.copytree(src, p, dirs_exist_ok=True)
@@ -199,7 +225,7 @@ class BundleWriter:
         return p
 
     def add_bytes(self, name: str, data: bytes) -> Path:
-        p = self.tmp / name
+        p = _inside(self.tmp, name, "file")
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(data)
         return p
@@ -262,7 +288,7 @@ def _verify(path: Path) -> Bundle:
     if WEIGHTS not in files:
         raise BundleError(f"{path}: manifest lists no {WEIGHTS}", field="bundle")
     for rel, meta in files.items():
-        p = path / rel
+        p = _inside(path, rel, "manifest file")
         if not p.is_file():
             raise BundleError(f"{path}: file {rel} listed in the manifest is missing", "bundle")
         if _sha256(p) != meta["sha256"]:
@@ -271,15 +297,18 @@ def _verify(path: Path) -> Bundle:
 
 
 def list_bundles(root: str | Path | None = None, vertical: str | None = None) -> list[Path]:
-    """Published bundle dirs (newest last), without verifying checksums."""
+    """Published bundle dirs (newest last), without verifying checksums. A bundle dir that is a
+    link leading out of the store is ignored: `latest` never resolves outside `root`."""
     root = Path(root) if root is not None else default_root()
-    dirs = [root / vertical] if vertical else [d for d in root.glob("*") if d.is_dir()]
+    dirs = [_store_dir(root, vertical)] if vertical else [d for d in root.glob("*") if d.is_dir()]
+    real_root = root.resolve()
     out = [
         b
         for d in dirs
         if d.is_dir()
         for b in d.iterdir()
         if b.is_dir() and not b.name.startswith(".") and (b / MANIFEST).is_file()
+        and b.resolve().is_relative_to(real_root)
     ]
     return sorted(out, key=lambda p: (p.name, p.parent.name))
 
@@ -287,20 +316,37 @@ def list_bundles(root: str | Path | None = None, vertical: str | None = None) ->
 def resolve_bundle(
     ref: str | Path = "latest", vertical: str | None = None, root: str | Path | None = None
 ) -> Path:
-    """`latest` → newest complete bundle of `vertical` under `root`; else the path itself."""
+    """Where a bundle ref points:
+    - `latest`: the newest complete bundle of `vertical` under `root`;
+    - an existing bundle directory (one holding a manifest), anywhere: that directory;
+    - otherwise a version name, looked up only inside `<root>/<vertical>` (so `../../etc`
+      cannot leave the store)."""
     if str(ref) != "latest":
         p = Path(ref)
-        if not p.exists():
+        if p.is_dir():
+            if not (p / MANIFEST).is_file():
+                raise BundleError(f"{p} is not a bundle: {MANIFEST} is missing", field="bundle")
+            return p
+        if vertical is None:
             raise BundleError(f"bundle path {p} does not exist", field="bundle")
-        return p
+        store = _store_dir(root, vertical)
+        if not _PLAIN_NAME.match(str(ref)):
+            raise BundleError(
+                f"bundle {str(ref)!r} is neither a bundle directory nor a version name under "
+                f"{store}", field="bundle")
+        cand = store / str(ref)
+        if not cand.is_dir() or not cand.resolve().is_relative_to(store.resolve()):
+            raise BundleError(f"no bundle {str(ref)!r} under {store}", field="bundle")
+        return cand
     if vertical is None:
         raise BundleError("'latest' needs a vertical name", field="bundle")
     for cand in reversed(list_bundles(root, vertical)):
         try:
             _verify(cand)
             return cand
-        except BundleError:
-            continue  # skip broken bundles; an older good one still serves
+        except BundleError as e:  # skip broken bundles; an older good one still serves
+            log.error("skipping bundle %s: %s", cand.name, e.message)
+            continue
     where = Path(root) if root is not None else default_root()
     raise BundleError(
         f"no complete bundle for vertical {vertical!r} under {where}; "

@@ -4,6 +4,11 @@ Every image reader returns a float32 array (C, H, W) in [0, 1], C = 1 (grey) or 
 raises `InvalidInput("image", "<file>: <reason>")` for empty, corrupt or unsupported input.
 DICOM header values other than the pixel-related ones are never read into messages or logs:
 patient names, ids and dates stay inside the dataset object.
+
+Decompression and size bombs are refused from the header, before pixel data is decoded
+(`ImageLimits`): one 2D image, frame or slice may hold `VERTICALS_MAX_IMAGE_PIXELS` pixels
+(default 40 million, a large mammogram), and a whole decoded volume or series
+`VERTICALS_MAX_DECODED_BYTES` (default 256 MiB); a gzip stream is never inflated past that.
 """
 
 from __future__ import annotations
@@ -11,7 +16,10 @@ from __future__ import annotations
 import gzip
 import io
 import logging
+import math
+import os
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +30,7 @@ from common.errors import InvalidInput
 from medical_imaging.metrics import TASKS, infer_task
 
 __all__ = ["read_image", "decode_image", "sniff_format", "to_model_input", "load_medmnist",
-           "IMAGE_SUFFIXES"]
+           "IMAGE_SUFFIXES", "ImageLimits"]
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".nii", ".nii.gz")
 _PNG, _JPEG, _GZIP = b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"\x1f\x8b"
@@ -30,6 +38,36 @@ _PNG, _JPEG, _GZIP = b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"\x1f\x8b"
 
 def _bad(name: str, reason: str) -> InvalidInput:
     return InvalidInput("image", f"{name}: {reason}")
+
+
+def _env_int(var: str, default: int) -> int:
+    value = os.environ.get(var, "").replace("_", "")
+    return int(value) if value.isdigit() and int(value) > 0 else default
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """What one input may declare before anything is decoded."""
+
+    max_pixels: int = 40_000_000  # one 2D image, frame or slice
+    max_decoded_bytes: int = 256 * 1024 * 1024  # a whole decoded volume or series
+
+    @classmethod
+    def from_env(cls) -> ImageLimits:
+        return cls(_env_int("VERTICALS_MAX_IMAGE_PIXELS", cls.max_pixels),
+                   _env_int("VERTICALS_MAX_DECODED_BYTES", cls.max_decoded_bytes))
+
+    def check(self, name: str, what: str, dims: tuple[int, ...], item_bytes: float) -> None:
+        """Refuse `dims` (2D plane first) whose plane or total decoded size is over a limit."""
+        plane = math.prod(dims[:2])
+        total = math.prod(dims) * item_bytes
+        shape = "x".join(str(d) for d in dims)
+        if plane > self.max_pixels:
+            raise _bad(name, f"{what} declares {shape} = {plane:,} pixels per image, over the "
+                             f"limit of {self.max_pixels:,} (VERTICALS_MAX_IMAGE_PIXELS)")
+        if total > self.max_decoded_bytes:
+            raise _bad(name, f"{what} declares {shape} = {int(total):,} bytes decoded, over the "
+                             f"limit of {self.max_decoded_bytes:,} (VERTICALS_MAX_DECODED_BYTES)")
 
 
 def _is_nifti_header(data: bytes) -> bool:
@@ -59,11 +97,14 @@ def sniff_format(data: bytes, name: str = "image") -> str:
     raise _bad(name, "unsupported format (expected PNG, JPEG, DICOM or NIfTI)")
 
 
-def _read_pil(data: bytes, name: str) -> np.ndarray:
+def _read_pil(data: bytes, name: str, limits: ImageLimits) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(data)) as im:
+            # open() reads the header only: refuse a bomb before load() allocates its pixels
+            limits.check(name, im.format or "image", (im.height, im.width, len(im.getbands())),
+                         1)
             im.load()
             if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
                 arr = np.asarray(im, dtype=np.float32)
@@ -71,6 +112,10 @@ def _read_pil(data: bytes, name: str) -> np.ndarray:
             if im.mode in ("L", "1", "LA"):
                 return np.asarray(im.convert("L"), dtype=np.float32)[None] / 255.0
             return np.asarray(im.convert("RGB"), dtype=np.float32).transpose(2, 0, 1) / 255.0
+    except Image.DecompressionBombError:  # Pillow's own guard fires in open() already
+        limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        raise _bad(name, f"image declares too many pixels to decode (over {limit:,}, Pillow's "
+                         "decompression-bomb limit)") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise _bad(name, f"corrupt or truncated image ({type(e).__name__})") from None
 
@@ -89,7 +134,15 @@ def _first(value: Any) -> float:
         return float(value)
 
 
-def _read_dicom(data: bytes, name: str, window: tuple[float, float] | None = None) -> np.ndarray:
+def _dicom_int(ds: Any, keyword: str, default: int, name: str) -> int:
+    try:
+        return int(ds.get(keyword, default) or default)
+    except (TypeError, ValueError):
+        raise _bad(name, f"DICOM {keyword} is not a number") from None
+
+
+def _read_dicom(data: bytes, name: str, window: tuple[float, float] | None,
+                limits: ImageLimits) -> np.ndarray:
     import pydicom
     from pydicom.errors import InvalidDicomError
     from pydicom.pixels import apply_modality_lut, convert_color_space
@@ -100,14 +153,21 @@ def _read_dicom(data: bytes, name: str, window: tuple[float, float] | None = Non
         raise _bad(name, f"not a readable DICOM file ({type(e).__name__})") from None
     if "PixelData" not in ds:
         raise _bad(name, "DICOM file holds no pixel data")
+    rows, cols = _dicom_int(ds, "Rows", 0, name), _dicom_int(ds, "Columns", 0, name)
+    frames = _dicom_int(ds, "NumberOfFrames", 1, name)
+    spp = _dicom_int(ds, "SamplesPerPixel", 1, name)
+    bits = _dicom_int(ds, "BitsAllocated", 16, name)
+    if min(rows, cols, frames, spp, bits) < 1:
+        raise _bad(name, "DICOM Rows, Columns, NumberOfFrames, SamplesPerPixel and "
+                         "BitsAllocated must be positive")
+    # header first: pydicom would allocate Rows x Columns x frames before finding out
+    limits.check(name, "DICOM", (rows, cols, frames, spp), max(bits, 8) / 8)
     try:
+        if frames > 1:  # multi-frame: the middle frame represents the series; decode only it
+            ds.pixel_array_options(index=frames // 2)
         arr = ds.pixel_array
     except Exception as e:  # pydicom raises many types for bad/unsupported pixel data
         raise _bad(name, f"DICOM pixel data cannot be decoded ({type(e).__name__})") from None
-    spp = int(ds.get("SamplesPerPixel", 1))
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if frames > 1:  # multi-frame: the middle frame represents the series
-        arr = arr[frames // 2]
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     if spp == 3:
         if photometric.startswith("YBR"):
@@ -129,39 +189,69 @@ def _read_dicom(data: bytes, name: str, window: tuple[float, float] | None = Non
     return out[None].astype(np.float32)
 
 
-def _read_nifti(data: bytes, name: str) -> np.ndarray:
+def _nifti_header(head: bytes, name: str) -> Any:
+    import nibabel as nib
+
+    two = head[4:8] in (b"n+2\x00", b"ni2\x00")
+    cls = nib.Nifti2Header if two else nib.Nifti1Header
+    try:
+        return cls.from_fileobj(io.BytesIO(head[: cls.sizeof_hdr]))
+    except Exception as e:  # nibabel raises a wide range of types for bad headers
+        raise _bad(name, f"not a readable NIfTI file ({type(e).__name__})") from None
+
+
+def _read_nifti(data: bytes, name: str, limits: ImageLimits) -> np.ndarray:
     import nibabel as nib
     from monai.transforms import ScaleIntensityRangePercentiles
 
+    gz = gzip.GzipFile(fileobj=io.BytesIO(data)) if data.startswith(_GZIP) else None
     try:
-        raw = gzip.decompress(data) if data.startswith(_GZIP) else data
-        cls = nib.Nifti2Image if raw[4:8] in (b"n+2\x00", b"ni2\x00") else nib.Nifti1Image
-        img = cls.from_bytes(raw)
-        vol = np.asarray(img.dataobj, dtype=np.float32)
+        # the header says how much data follows: check it, then inflate no more than that
+        head = gz.read(540) if gz is not None else data[:540]
+        hdr = _nifti_header(head, name)
+        shape = tuple(int(d) for d in hdr.get_data_shape())
+        item = hdr.get_data_dtype().itemsize
+        limits.check(name, "NIfTI", tuple(d for d in shape if d != 1) or shape, item)
+        need = int(hdr.get_data_offset()) + math.prod(shape) * item
+        raw = head + gz.read(max(0, need - len(head))) if gz is not None else data
+        if len(raw) < need:
+            raise _bad(name, f"truncated NIfTI: header declares {need:,} bytes, file holds "
+                             f"{len(raw):,}")
+        img = (nib.Nifti2Image if isinstance(hdr, nib.Nifti2Header) else
+               nib.Nifti1Image).from_bytes(raw)
+        # index the proxy so only the 2D slice used is read: squeeze singleton axes, take the
+        # first time point of a series and the middle axial slice of a volume
+        axes = [i for i, d in enumerate(shape) if d != 1]
+        index: list[int | slice] = [0 if d == 1 else slice(None) for d in shape]
+        if len(axes) == 4:
+            index[axes[3]] = 0
+        if len(axes) in (3, 4):
+            index[axes[2]] = shape[axes[2]] // 2
+        sl = np.asarray(img.dataobj[tuple(index)], dtype=np.float32)
+    except InvalidInput:
+        raise
     except Exception as e:  # nibabel/gzip raise a wide range of types for bad files
         raise _bad(name, f"not a readable NIfTI file ({type(e).__name__})") from None
-    vol = np.squeeze(vol)
-    if vol.ndim == 4:  # a series: first time point
-        vol = vol[..., 0]
-    if vol.ndim == 3:  # a volume: the middle axial slice
-        vol = vol[:, :, vol.shape[2] // 2]
-    if vol.ndim != 2 or min(vol.shape) < 2:
-        raise _bad(name, f"NIfTI image of shape {tuple(img.shape)} has no 2D slice")
-    sl = np.rot90(vol)  # voxel (i, j) → display rows/cols, superior at the top
+    if len(axes) > 4 or sl.ndim != 2 or min(sl.shape) < 2:
+        raise _bad(name, f"NIfTI image of shape {shape} has no 2D slice")
+    sl = np.rot90(sl)  # voxel (i, j) → display rows/cols, superior at the top
     scale = ScaleIntensityRangePercentiles(lower=0.5, upper=99.5, b_min=0.0, b_max=1.0, clip=True)
     return np.asarray(scale(np.ascontiguousarray(sl)[None]), dtype=np.float32)
 
 
 def decode_image(data: bytes, name: str = "image",
-                 window: tuple[float, float] | None = None) -> np.ndarray:
-    """Bytes of one PNG/JPEG/DICOM/NIfTI file → float32 (C, H, W) in [0, 1]."""
+                 window: tuple[float, float] | None = None,
+                 limits: ImageLimits | None = None) -> np.ndarray:
+    """Bytes of one PNG/JPEG/DICOM/NIfTI file → float32 (C, H, W) in [0, 1]. Inputs whose
+    header declares more than `limits` (default: `ImageLimits.from_env()`) are refused."""
     fmt = sniff_format(data, name)
+    limits = limits or ImageLimits.from_env()
     if fmt in ("png", "jpeg"):
-        arr = _read_pil(data, name)
+        arr = _read_pil(data, name, limits)
     elif fmt == "dicom":
-        arr = _read_dicom(data, name, window)
+        arr = _read_dicom(data, name, window, limits)
     else:
-        arr = _read_nifti(data, name)
+        arr = _read_nifti(data, name, limits)
     if arr.shape[-1] < 2 or arr.shape[-2] < 2:
         raise _bad(name, f"image of size {arr.shape[-2]}x{arr.shape[-1]} is too small")
     if not np.isfinite(arr).all():
@@ -170,12 +260,13 @@ def decode_image(data: bytes, name: str = "image",
     return arr
 
 
-def read_image(path: str | Path, window: tuple[float, float] | None = None) -> np.ndarray:
+def read_image(path: str | Path, window: tuple[float, float] | None = None,
+               limits: ImageLimits | None = None) -> np.ndarray:
     """Read one image file (see `decode_image`)."""
     path = Path(path)
     if not path.is_file():
         raise _bad(path.name, "no such file")
-    return decode_image(path.read_bytes(), path.name, window)
+    return decode_image(path.read_bytes(), path.name, window, limits)
 
 
 def to_model_input(arr: np.ndarray, in_channels: int, image_size: int) -> torch.Tensor:

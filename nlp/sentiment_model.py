@@ -79,8 +79,8 @@ def load_backbone(
         tok = train_wordpiece(texts)
         return tiny_bert(len(tok), len(labels), id2label), tok
     path = resolve_backbone(backbone)
-    tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForSequenceClassification.from_pretrained(
+    tok = AutoTokenizer.from_pretrained(path)  # nosec B615  # local folder, hub access off
+    model = AutoModelForSequenceClassification.from_pretrained(  # nosec B615  # local folder, hub access off
         path,
         num_labels=len(labels),
         id2label=id2label,

@@ -31,7 +31,7 @@ def time_gram(T: sp.csr_matrix, tau_s: float) -> np.ndarray:
     `T` holds each interaction's timestamp (seconds, any offset) at the same positions as X."""
     T = T.tocsr()
     key = hashlib.sha1(T.indptr.tobytes() + T.indices.tobytes() + T.data.tobytes()
-                       + repr((T.shape, tau_s)).encode()).hexdigest()
+                       + repr((T.shape, tau_s)).encode(), usedforsecurity=False).hexdigest()
     if key in _CACHE:
         return _CACHE[key]
     g = np.zeros((T.shape[1], T.shape[1]))

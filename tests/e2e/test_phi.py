@@ -1,0 +1,182 @@
+"""No patient data anywhere: DICOM files carrying a distinctive patient name, id and birth date
+(valid ones, a truncated one, a corrupt one and a size bomb) are served by a real server on
+loopback and batch-scored by `verticals score medical`; every log line of both processes,
+every response body and header, /metrics, /v1/models, and every file they write (output,
+rejects, summary) is searched for those values. None may appear. The batch job runs in the
+test process with every logger at DEBUG."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from common.cli import main
+from common.registry import get_vertical
+from tests.medical.files import dicom_bytes
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+NAME, PID, BIRTH = "Quillonette^Zyxwabbit", "PHI-73519-ZQ", "19310817"
+SECRETS = ("Quillonette", "Zyxwabbit", PID, BIRTH, "1931-08-17", "17.08.1931", "08/17/1931")
+
+
+def patient_dicom(seed: int, rows: int | None = None) -> bytes:
+    """A valid DICOM with this test's patient in its header (`rows` overrides Rows)."""
+    import pydicom
+
+    px = np.random.default_rng(seed).integers(0, 4096, (48, 48), dtype=np.uint16)
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(px, window=(2048, 4096))))
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate = NAME, PID, BIRTH
+    ds.PatientAddress = "7 Zyxwabbit Lane"
+    ds.OtherPatientIDs = PID + "-B"
+    if rows is not None:
+        ds.Rows = rows
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def scans() -> dict[str, bytes]:
+    ok = patient_dicom(1)
+    assert NAME.encode() in ok and PID.encode() in ok  # the files do carry the patient
+    return {
+        "scan-a.dcm": ok,
+        "scan-b.dcm": patient_dicom(2),
+        "cut.dcm": ok[: len(ok) - 3000],  # pixel data cut short: header intact
+        "bad-pixels.dcm": patient_dicom(3, rows=49),  # header disagrees with the pixel data
+        "bomb.dcm": patient_dicom(4, rows=65_535),
+        "junk.dcm": ok[:400] + b"\xff" * 300,  # patient fields, then garbage
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http(method: str, url: str, body: bytes | None = None,
+         ctype: str = "application/json") -> tuple[int, str, str]:
+    req = urllib.request.Request(url, data=body, method=method,
+                                 headers={"Content-Type": ctype} if body else {})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, r.read().decode(), str(dict(r.headers))
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(), str(dict(e.headers))
+
+
+def multipart(name: str, data: bytes) -> tuple[bytes, str]:
+    b = uuid.uuid4().hex
+    body = (f"--{b}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n"
+            f"Content-Type: application/dicom\r\n\r\n").encode() + data + \
+        f"\r\n--{b}\r\nContent-Disposition: form-data; name=\"heatmap\"\r\n\r\ntrue\r\n" \
+        f"--{b}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={b}"
+
+
+def serve(root: Path, work: Path, log: Path):
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "always",
+           "OMP_NUM_THREADS": "1"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    fh = open(log, "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "common.cli", "-v", "serve", "--verticals", "medical",
+         "--root", str(root), "--port", str(port)],
+        cwd=work, env=env, stdout=fh, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if http("GET", base + "/readyz")[0] == 200:
+                return proc, fh, base
+        except OSError:
+            pass
+        if proc.poll() is not None:
+            break
+        time.sleep(0.25)
+    proc.kill()
+    fh.close()
+    raise RuntimeError("server did not become ready: " + log.read_text()[-2000:])
+
+
+def test_no_patient_data_in_logs_metrics_responses_or_outputs(tmp_path, monkeypatch, caplog,
+                                                              capfd):
+    root = tmp_path / "bundles"
+    get_vertical("medical").train_default(root, preset="test")
+    work, inp, out = tmp_path / "work", tmp_path / "scans", tmp_path / "out"
+    for d in (work, inp, out):
+        d.mkdir()
+    files = scans()
+    for name, data in files.items():
+        (inp / name).write_bytes(data)
+    seen: dict[str, str] = {}  # where -> text that must not hold patient data
+
+    log = tmp_path / "server.log"
+    proc, fh, base = serve(root, work, log)
+    try:
+        statuses = {}
+        for name, data in files.items():
+            body = json.dumps({"image_base64": base64.b64encode(data).decode(),
+                               "filename": name, "heatmap": True}).encode()
+            code, text, headers = http("POST", base + "/medical/v1/predict", body)
+            statuses[name] = code
+            seen[f"json {name}"], seen[f"headers {name}"] = text, headers
+            mp, ctype = multipart(name, data)
+            code, text, headers = http("POST", base + "/medical/v1/predict", mp, ctype)
+            assert code == statuses[name], (name, text)
+            seen[f"multipart {name}"], seen[f"multipart headers {name}"] = text, headers
+        for path in ("/metrics", "/v1/models", "/readyz", "/openapi.json"):
+            code, text, _ = http("GET", base + path)
+            assert code == 200, path
+            seen[path] = text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+        fh.close()
+    assert statuses == {"scan-a.dcm": 200, "scan-b.dcm": 200, "cut.dcm": 422,
+                        "bad-pixels.dcm": 422, "bomb.dcm": 422, "junk.dcm": 422}
+    assert "heatmap_png_base64" in seen["json scan-a.dcm"]
+    server_log = log.read_text()
+    assert "Application startup complete" in server_log  # the log was captured
+    seen["server log"] = server_log
+
+    # the batch job runs in this process, every logger at DEBUG, stdout/stderr captured
+    monkeypatch.chdir(work)
+    caplog.set_level(logging.DEBUG)
+    capfd.readouterr()
+    code = main(["score", "medical", str(inp), str(out / "scores.parquet"), "--root", str(root),
+                 "--chunk-size", "4"])
+    printed = capfd.readouterr()
+    assert code == 0, printed.err[-3000:]
+    seen["score stdout"], seen["score stderr"] = printed.out, printed.err
+    seen["score log"] = caplog.text + "".join(str(r.args) for r in caplog.records)
+    assert any(r.levelno == logging.DEBUG for r in caplog.records)  # DEBUG was on
+    summary = json.loads((out / "scores.parquet.summary.json").read_text())
+    assert (summary["read"], summary["scored"], summary["rejected"]) == (6, 2, 4)
+    seen["scores table"] = pd.read_parquet(out / "scores.parquet").to_csv()
+    rejects = (out / "scores.parquet.rejects.jsonl").read_text()
+    assert len(rejects.splitlines()) == 4 and "cut.dcm" in rejects
+    for d in (out, work):  # every file either process wrote, byte for byte
+        for f in d.rglob("*"):
+            if f.is_file():
+                seen[str(f)] = f.read_bytes().decode("latin-1")
+
+    leaks = [(where, s) for where, text in seen.items() for s in SECRETS if s in text]
+    assert not leaks, leaks
