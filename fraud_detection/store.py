@@ -7,22 +7,47 @@ transaction; `label(tx_id, fraud)` attaches a (late) label that feeds the delaye
 windows. Re-scoring a transaction id already recorded excludes the stored copy, so a retry gets
 the same answer. History older than the longest window (relative to the transaction being
 recorded) is pruned.
+
+When Redis cannot be reached (stopped, paused, partitioned, out of memory) every call raises
+`StoreUnavailable` (503 `feature_store_unavailable`, field `store`) within about
+2 × `timeout_s`, never a hang, and `available()` turns false; the client reconnects by itself
+when Redis answers again. Each observe is one MULTI/EXEC transaction, so a transaction is
+recorded whole or not at all. A 503 after the request reached Redis (a timeout) may still have
+been recorded; a retry of the same transaction is safe: its members are keyed by id, so it is
+recorded once and answers as the first try would have.
 """
 
 from __future__ import annotations
 
 import bisect
+import logging
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
 
+from common.errors import NotReady
 from fraud_detection.features import DAY, LARGE_DAYS, LARGE_FACTOR, LAST_K, WINDOWS, Aggregates
 
-__all__ = ["Tx", "FeatureStore", "MemoryStore", "RedisStore", "SNAPSHOT_COLUMNS"]
+__all__ = ["Tx", "FeatureStore", "MemoryStore", "RedisStore", "StoreUnavailable",
+           "SNAPSHOT_COLUMNS"]
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 SNAPSHOT_COLUMNS = ["TRANSACTION_ID", "SECONDS", "CUSTOMER_ID", "TERMINAL_ID", "CENTS", "LABEL"]
+
+
+class StoreUnavailable(NotReady):
+    """The feature store cannot be reached: the transaction was not scored (503, retry)."""
+
+    code = "feature_store_unavailable"
+
+    def __init__(self, reason: str):
+        super().__init__(f"feature store unavailable ({reason}); retry later: a retried "
+                         "transaction is recorded once", field="store")
 
 
 @dataclass(frozen=True)
@@ -57,6 +82,14 @@ class FeatureStore(ABC):
     @abstractmethod
     def snapshot(self) -> pd.DataFrame:
         """The state as a frame of SNAPSHOT_COLUMNS."""
+
+    def available(self) -> bool:
+        """Whether the store answers now (cheap; an in-process store always does)."""
+        return True
+
+    def unavailable_reason(self) -> str | None:
+        """Why `available()` is false, naming the store; None while it is available."""
+        return None
 
     # shared arithmetic: the same sums for both backends, mirroring features.batch_aggregates
     def _aggregates(self, tx: Tx, c_hist: list[tuple[int, int, int]],
@@ -181,12 +214,63 @@ class RedisStore(FeatureStore):
     Each observe is one MULTI/EXEC round trip.
     """
 
-    def __init__(self, url: str, namespace: str, delay_days: int = 7):
+    CHECK_EVERY_S = 1.0  # available() pings at most this often
+
+    def __init__(self, url: str, namespace: str, delay_days: int = 7, timeout_s: float = 0.3):
         super().__init__(delay_days)
         import redis
+        from redis.backoff import ConstantBackoff
+        from redis.retry import Retry
 
-        self.r = redis.Redis.from_url(url, socket_timeout=5)
+        # Short socket timeouts and one quick retry: a dead or paused Redis answers
+        # StoreUnavailable in ~2 × timeout_s instead of hanging a batch (the default is 5 s
+        # and three retries). The retry also reconnects a pooled connection that a Redis
+        # restart broke, so the first request after an outage does not fail for nothing.
+        kw = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
+        self.r = redis.Redis.from_url(url, retry=Retry(ConstantBackoff(0.05), 1), **kw)
+        # health pings: no retry, so readiness costs at most one timeout
+        self._ping = redis.Redis.from_url(url, retry=Retry(ConstantBackoff(0), 0), **kw)
+        ck = self.r.connection_pool.connection_kwargs
+        self.where = f"redis at {ck.get('host', ck.get('path', '?'))}:{ck.get('port', '')}"
         self.ns = f"fraud:{namespace}"
+        self._errors = _outage_errors()
+        self._down: str | None = None  # reason while the last call or ping failed
+        self._checked = float("-inf")
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        """Run one store operation, turning an outage into StoreUnavailable."""
+        try:
+            out = fn()
+        except self._errors as e:
+            self._mark_down(e)
+            raise StoreUnavailable(f"{self.where}: {type(e).__name__}") from None
+        if self._down is not None:
+            log.warning("feature store %s is back", self.where)
+            self._down = None
+        return out
+
+    def _mark_down(self, e: Exception) -> None:
+        if self._down is None:  # log transitions, not every failed request
+            log.error("feature store %s unreachable: %s", self.where, type(e).__name__)
+        self._down = f"{self.where} unreachable ({type(e).__name__})"
+        self._checked = time.monotonic()
+
+    def available(self) -> bool:
+        if time.monotonic() - self._checked < self.CHECK_EVERY_S:
+            return self._down is None
+        try:
+            self._ping.ping()
+        except self._errors as e:
+            self._mark_down(e)
+            return False
+        self._checked = time.monotonic()
+        if self._down is not None:
+            log.warning("feature store %s is back", self.where)
+            self._down = None
+        return True
+
+    def unavailable_reason(self) -> str | None:
+        return None if self.available() else f"feature store {self._down}"
 
     def observe(self, tx: Tx) -> Aggregates:
         ns, s = self.ns, tx.seconds
@@ -196,7 +280,7 @@ class RedisStore(FeatureStore):
         p.zrangebyscore(f"{ns}:t:{tx.terminal_id}", f"({s - self.t_horizon}", hi, withscores=True)
         p.zrangebyscore(f"{ns}:f:{tx.terminal_id}", f"({s - self.t_horizon}", hi)
         self._write(p, tx)
-        c_raw, t_raw, f_raw = p.execute()[:3]
+        c_raw, t_raw, f_raw = self._call(p.execute)[:3]
         ch, th = ([(int(sc), *map(int, m.split(b":"))) for m, sc in raw] for raw in (c_raw, t_raw))
         return self._aggregates(tx, ch, th, {int(m) for m in f_raw})
 
@@ -218,32 +302,40 @@ class RedisStore(FeatureStore):
             self._prune_index(s)
 
     def _prune_index(self, now: int) -> None:
-        old = self.r.zrangebyscore(f"{self.ns}:txt", "-inf", now - self.t_horizon)
+        old = self._call(lambda: self.r.zrangebyscore(f"{self.ns}:txt", "-inf",
+                                                      now - self.t_horizon))
         if old:
-            self.r.hdel(f"{self.ns}:tx", *old)
-            self.r.hdel(f"{self.ns}:label", *old)
-            self.r.zrem(f"{self.ns}:txt", *old)
+            p = self.r.pipeline(transaction=True)
+            p.hdel(f"{self.ns}:tx", *old)
+            p.hdel(f"{self.ns}:label", *old)
+            p.zrem(f"{self.ns}:txt", *old)
+            self._call(p.execute)
 
     def label(self, transaction_id: int, fraud: bool) -> bool:
-        raw = self.r.hget(f"{self.ns}:tx", transaction_id)
+        raw = self._call(lambda: self.r.hget(f"{self.ns}:tx", transaction_id))
         if raw is None:
             return False
         _, terminal, seconds, _ = raw.decode().split(":")
         key = f"{self.ns}:f:{terminal}"
+        p = self.r.pipeline(transaction=True)  # the label and the fraud set move together
         if fraud:
-            self.r.zadd(key, {str(transaction_id): int(seconds)})
+            p.zadd(key, {str(transaction_id): int(seconds)})
         else:
-            self.r.zrem(key, str(transaction_id))
-        self.r.hset(f"{self.ns}:label", transaction_id, int(fraud))
+            p.zrem(key, str(transaction_id))
+        p.hset(f"{self.ns}:label", transaction_id, int(fraud))
+        self._call(p.execute)
         return True
 
     def clear(self) -> None:
-        keys = list(self.r.scan_iter(f"{self.ns}:*", count=1000))
+        keys = self._call(lambda: list(self.r.scan_iter(f"{self.ns}:*", count=1000)))
         for i in range(0, len(keys), 1000):
             self.r.delete(*keys[i : i + 1000])
 
     def load(self, snapshot: pd.DataFrame, wait_s: float = 300.0) -> None:
         """Load once per namespace: the first replica loads, the others wait for it."""
+        self._call(lambda: self._load(snapshot, wait_s))
+
+    def _load(self, snapshot: pd.DataFrame, wait_s: float) -> None:
         if self.r.get(f"{self.ns}:loaded"):
             return
         if not self.r.set(f"{self.ns}:loading", 1, nx=True, ex=int(wait_s)):
@@ -261,16 +353,27 @@ class RedisStore(FeatureStore):
                 p.zadd(f"{self.ns}:f:{tx.terminal_id}", {str(tx.transaction_id): tx.seconds})
             if row.LABEL >= 0:
                 p.hset(f"{self.ns}:label", tx.transaction_id, int(row.LABEL))
-            if n % 2000 == 0:
+            if n % 500 == 0:  # small round trips: each reply must arrive within the timeout
                 p.execute()
         p.set(f"{self.ns}:loaded", 1)
         p.execute()
 
     def snapshot(self) -> pd.DataFrame:
-        txs = self.r.hgetall(f"{self.ns}:tx")
-        labels = {int(k): int(v) for k, v in self.r.hgetall(f"{self.ns}:label").items()}
+        txs = self._call(lambda: self.r.hgetall(f"{self.ns}:tx"))
+        raw = self._call(lambda: self.r.hgetall(f"{self.ns}:label"))
+        labels = {int(k): int(v) for k, v in raw.items()}
         rows = []
         for k, v in txs.items():
             c, t, s, cents = map(int, v.decode().split(":"))
             rows.append([int(k), s, c, t, cents, labels.get(int(k), -1)])
         return pd.DataFrame(rows, columns=SNAPSHOT_COLUMNS).astype(np.int64)
+
+
+def _outage_errors() -> tuple[type[Exception], ...]:
+    """Redis errors that mean "the store cannot serve now", not "this call is wrong":
+    unreachable, timed out, still loading its data after a restart, a read-only replica, or
+    out of memory. Anything else (a wrong-type key, a bad argument) stays a 500: it is a bug."""
+    from redis import exceptions as rx
+
+    return (rx.ConnectionError, rx.TimeoutError, rx.ReadOnlyError, rx.OutOfMemoryError,
+            rx.ExecAbortError, rx.MasterDownError, OSError)

@@ -31,8 +31,15 @@ from pydantic import BaseModel
 
 from common.errors import DeadlineExceeded, NotReady, Overloaded, VerticalsError
 from common.predictor import Predictor
-from common.serving.middleware import request_timeout
-from common.serving.prom import BATCH_SIZE, QUEUE_DEPTH, STAGE_TIME
+from common.serving.middleware import request_arrival, request_timeout
+from common.serving.prom import (
+    BATCH_SIZE,
+    MODEL_LATENCY,
+    MODEL_REQUESTS,
+    QUEUE_DEPTH,
+    STAGE_TIME,
+)
+from common.serving.workers import mark_loaded, unmark
 
 __all__ = ["ServedPredictor"]
 log = logging.getLogger(__name__)
@@ -45,6 +52,7 @@ class _Pending:
     deadline: float
     future: asyncio.Future
     enqueued: float
+    started: bool = False  # picked into a batch: the model will answer it (and may record it)
 
 
 class ServedPredictor:
@@ -60,6 +68,8 @@ class ServedPredictor:
         max_queue: int = 2048,
         timeout_s: float = 30.0,
         inline_below_ms: float = 2.0,
+        executor: ThreadPoolExecutor | None = None,
+        candidate: bool = False,
     ):
         self.predictor = predictor
         self.name = predictor.vertical
@@ -72,9 +82,15 @@ class ServedPredictor:
         self._queue: deque[_Pending] | None = None
         self._wakeup: asyncio.Future | None = None
         self._worker: asyncio.Task | None = None
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"model-{self.name}")
+        # A canary candidate shares production's model thread: models that share state (the
+        # fraud feature store) never run at the same time.
+        self._own_executor = executor is None
+        self.candidate = candidate  # a canary candidate: not part of the worker's readiness
+        self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix=f"model-{self.name}")
+        self.shadow: Any = None  # common.serving.rollout.ShadowRunner while a shadow is on
         self._in_executor = 0  # batches and call()s submitted to the model thread, not done
         self._batch_time_s: float | None = None  # rises at once on a slow batch, decays slowly
+        self._item_time_s: float | None = None  # wall seconds per item of recent batches
         self._accepting = False
         self._inflight = 0
         self.worker_failed: BaseException | None = None
@@ -83,6 +99,7 @@ class ServedPredictor:
         self._m_batch_size = BATCH_SIZE.labels(self.name)
         self._m_queue_time = STAGE_TIME.labels(self.name, "queue")
         self._m_model_time = STAGE_TIME.labels(self.name, "model")
+        self._m_version: dict[tuple[str, str], tuple] = {}
 
     # ---- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -90,10 +107,14 @@ class ServedPredictor:
         self._queue = deque()
         self._accepting = True
         self._worker = asyncio.create_task(self._loop(), name=f"batcher-{self.name}")
+        if not self.candidate:
+            mark_loaded(self.name)
 
     async def stop(self, drain: bool = True, timeout_s: float = 30.0) -> None:
         """Stop accepting; with `drain`, answer what is queued first."""
         self._accepting = False
+        if not self.candidate:
+            unmark(self.name)
         if drain and self._queue is not None:
             t_end = time.monotonic() + timeout_s
             while (self._queue or self._inflight) and time.monotonic() < t_end:
@@ -104,56 +125,120 @@ class ServedPredictor:
                 await self._worker
             except (asyncio.CancelledError, Exception):
                 pass
-        self._executor.shutdown(wait=False)
+        if self._own_executor:
+            self._executor.shutdown(wait=False)
 
     def healthy(self) -> bool:
         alive = self._worker is not None and not self._worker.done()
         return alive and self.worker_failed is None and self.predictor.health()
+
+    async def readiness(self, timeout_s: float = 2.0) -> str | None:
+        """None when ready, else why not. `Predictor.health()` may do I/O (the fraud
+        predictor pings its feature store), so it runs off the event loop, bounded by
+        `timeout_s`; a predictor may explain a False with a `health_reason` attribute."""
+        if self._worker is None or self._worker.done() or self.worker_failed is not None:
+            return "batch worker is not running"
+
+        def check() -> str | None:
+            if self.predictor.health():
+                return None
+            return getattr(self.predictor, "health_reason", None) or "predictor is unhealthy"
+
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(check), timeout_s)
+        except TimeoutError:
+            return f"health check did not answer within {timeout_s:g} s"
 
     @property
     def queue_depth(self) -> int:
         return len(self._queue) if self._queue else 0
 
     # ---- requests -------------------------------------------------------------------------
-    def _submit(self, request: BaseModel, timeout_s: float | None) -> asyncio.Future:
+    def _submit(self, request: BaseModel, timeout_s: float | None) -> _Pending:
         if not self._accepting or self._queue is None:
             raise NotReady(f"{self.name} is not accepting requests (starting or draining)")
         loop = asyncio.get_running_loop()
         now = time.monotonic()
-        fut = loop.create_future()
-        timeout_s = timeout_s or request_timeout.get()
+        timeout_s = timeout_s or request_timeout.get() or self.timeout_s
+        # the deadline runs from the request's arrival at the server, not from this queue
+        deadline = (request_arrival.get() or now) + timeout_s
         if len(self._queue) >= self.max_queue:
             raise Overloaded(f"{self.name} queue is full ({self.max_queue}); retry later")
-        self._queue.append(_Pending(request, now + (timeout_s or self.timeout_s), fut, now))
+        # Admission: a request that the queue ahead of it would keep past its deadline is
+        # refused now, cheaply, instead of taking a queue slot and timing out later; under
+        # overload this keeps the accepted requests within their deadline.
+        per_item = self._item_time_s
+        if per_item is not None and (len(self._queue) + 1) * per_item > ADMIT_SHARE * (
+            deadline - now
+        ):
+            raise Overloaded(f"{self.name} is overloaded: the queue would not answer within "
+                             f"the deadline of {timeout_s:g} s; retry later")
+        p = _Pending(request, deadline, loop.create_future(), now)
+        self._queue.append(p)
         self._m_queue_depth.inc()
         if self._wakeup is not None and not self._wakeup.done():
             self._wakeup.set_result(None)
-        return fut
+        return p
+
+    def shed_reason(self, timeout_s: float | None) -> str | None:
+        """Why a new request could not be answered within its timeout now (the queue ahead
+        of it, at the recent model time per item), or None. Checked before the body is read."""
+        per_item = self._item_time_s
+        timeout_s = timeout_s or self.timeout_s
+        if per_item is None or not self._queue or (
+            len(self._queue) * per_item <= ADMIT_SHARE * timeout_s
+        ):
+            return None
+        return (f"{self.name} is overloaded: the queue would not answer within the deadline "
+                f"of {timeout_s:g} s; retry later")
 
     async def predict(self, request: BaseModel, timeout_s: float | None = None) -> BaseModel:
         timeout_s = timeout_s or request_timeout.get()
-        fut = self._submit(request, timeout_s)
-        return await self._await(fut, timeout_s)
+        p = self._submit(request, timeout_s)
+        return await self._await(p, timeout_s)
 
     async def predict_many(
         self, requests: list[BaseModel], timeout_s: float | None = None
     ) -> list[BaseModel]:
         """Submit all, answer all; the first per-item error is raised (with its field)."""
         timeout_s = timeout_s or request_timeout.get()
-        futs = [self._submit(r, timeout_s) for r in requests]
-        return list(await asyncio.gather(*(self._await(f, timeout_s) for f in futs)))
+        pending = [self._submit(r, timeout_s) for r in requests]
+        return list(await asyncio.gather(*(self._await(p, timeout_s) for p in pending)))
 
-    async def _await(self, fut: asyncio.Future, timeout_s: float | None) -> BaseModel:
+    async def _await(self, p: _Pending, timeout_s: float | None) -> BaseModel:
         # A timer that fails the future, rather than wait_for(shield(...)): the same 504 at
-        # the same time for a fraction of the cost. Small grace so the batch worker, which owns
-        # deadlines, answers first; a result that comes later is dropped (the future is done).
-        timer = asyncio.get_running_loop().call_later(
-            (timeout_s or self.timeout_s) + 0.5, _expire, fut, self.name
+        # the same time for a fraction of the cost. The batch worker owns deadlines (it drops
+        # expired requests before the model); the timer answers 504 only for a request still
+        # waiting, so a 504 means the model never saw it (nothing was recorded). A request
+        # already in a batch gets its answer, unless the model overruns the server's own
+        # timeout after the deadline (a hung model).
+        fut = p.future
+        timer = asyncio.get_running_loop().call_at(
+            p.deadline + 0.05, _expire, p, self.name, self.timeout_s
         )
+        t0 = time.perf_counter()
+        outcome = "ok"
         try:
             return await fut
+        except VerticalsError as e:
+            outcome = e.code
+            raise
         finally:
             timer.cancel()
+            self._count(outcome, time.perf_counter() - t0)
+
+    def _count(self, outcome: str, seconds: float) -> None:
+        """Requests and latency per model version (canary vs production in /metrics)."""
+        version = self.predictor.bundle.version
+        key = (version, outcome)
+        children = self._m_version.get(key)
+        if children is None:
+            children = self._m_version[key] = (
+                MODEL_REQUESTS.labels(self.name, version, outcome),
+                MODEL_LATENCY.labels(self.name, version),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run `fn` in the model thread (serialised with batches)."""
@@ -200,7 +285,7 @@ class ServedPredictor:
         # other processes must not look slow and push a cheap model off the loop.
         t0 = time.thread_time()
         try:
-            return self.predictor.run_each(requests)
+            return self.predictor.run_each(requests, shadow=self.shadow)
         finally:
             dt = time.thread_time() - t0
             est = self._batch_time_s
@@ -227,6 +312,8 @@ class ServedPredictor:
                     live.append(p)
             if not live:
                 continue
+            for p in live:
+                p.started = True
             self._inflight = len(live)
             self._m_queue_time.observe(now - min(p.enqueued for p in live))
             self._m_batch_size.observe(len(live))
@@ -250,7 +337,11 @@ class ServedPredictor:
                 results = [e] * len(live)
             finally:
                 self._inflight = 0
-            self._m_model_time.observe(time.monotonic() - t0)
+            dt = time.monotonic() - t0
+            self._m_model_time.observe(dt)
+            # model seconds per item at the current batch sizes (admission control)
+            est, per = self._item_time_s, dt / len(live)
+            self._item_time_s = per if est is None else 0.8 * est + 0.2 * per
             for p, r in zip(live, results, strict=True):
                 if p.future.done():
                     continue
@@ -260,6 +351,10 @@ class ServedPredictor:
                     p.future.set_result(r)
 
 
+# Admit a request only if the queue ahead of it should clear within this share of its
+# remaining time: the estimate is a recent average, the client's own wait before the server
+# reads the request is invisible here, and a queue a few batches deep keeps the model busy.
+ADMIT_SHARE = 0.3
 _GC_TUNED = False
 GC_GEN0_THRESHOLD = 20_000
 
@@ -280,9 +375,13 @@ def _tune_gc() -> None:
         gc.set_threshold(GC_GEN0_THRESHOLD, g1, g2)
 
 
-def _expire(fut: asyncio.Future, name: str) -> None:
-    if not fut.done():
-        fut.set_exception(DeadlineExceeded(f"{name} did not answer in time"))
+def _expire(p: _Pending, name: str, grace_s: float | None) -> None:
+    if p.future.done():
+        return
+    if p.started and grace_s is not None:  # in the model now: wait for its answer, once more
+        asyncio.get_running_loop().call_later(grace_s, _expire, p, name, None)
+        return
+    p.future.set_exception(DeadlineExceeded(f"{name} did not answer in time"))
 
 
 def _wake(fut: asyncio.Future) -> None:

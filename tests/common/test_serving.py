@@ -76,6 +76,45 @@ def test_expired_request_never_reaches_the_model(toy_root):
     assert ToyPredictor.calls == [1]  # only `slow` was ever run
 
 
+def test_a_request_in_a_batch_is_answered_even_past_its_deadline(toy_root):
+    """504 means the model never saw the request; one already running gets its answer."""
+    p = load(toy_root, delay_s=0.3)
+
+    async def main():
+        s = ServedPredictor(p, max_batch_size=4, max_wait_ms=0)
+        await s.start()
+        out = await s.predict(req(0), timeout_s=0.1)  # the batch takes 0.3 s
+        await s.stop()
+        return out
+
+    assert asyncio.run(main()).label in (0, 1)
+
+
+def test_admission_refuses_what_the_queue_cannot_answer_in_time(toy_root):
+    """Once the model time per item is known, a request the queue ahead would keep past its
+    share of the deadline is refused at once (503), before it reaches the queue or the model;
+    the middleware asks the same question before reading a body (`shed_reason`)."""
+    p = load(toy_root, delay_s=0.1)
+    ToyPredictor.calls.clear()
+
+    async def main():
+        s = ServedPredictor(p, max_batch_size=1, max_wait_ms=0)
+        await s.start()
+        await s.predict(req(0))  # learns ~0.1 s per item
+        assert s.shed_reason(1.0) is None
+        tasks = [asyncio.create_task(s.predict(req(i), timeout_s=5.0)) for i in range(1, 4)]
+        await asyncio.sleep(0)  # all three queued (one may already be running)
+        with pytest.raises(Overloaded, match="would not answer within the deadline of 0.5 s"):
+            await s.predict(req(9), timeout_s=0.5)  # >= 2 ahead x 0.1 s > 0.3 x 0.5 s
+        assert "overloaded" in s.shed_reason(0.5)
+        assert s.shed_reason(30.0) is None
+        await asyncio.gather(*tasks)
+        await s.stop()
+
+    asyncio.run(main())
+    assert sum(ToyPredictor.calls) == 4  # the refused request never ran
+
+
 def test_stop_drains_queued_requests(toy_root):
     p = load(toy_root, delay_s=0.05)
 
@@ -117,7 +156,7 @@ def test_auth_on_every_route_but_probes(client):
     ok = client.post("/toy/v1/predict", json={"x": [1, 2, 3, 4]},
                      headers={"Authorization": "Bearer secret"})
     assert ok.status_code == 200 and set(ok.json()) == {"label", "probability", "model_version"}
-    assert_error(client.get("/v1/models", headers={"X-API-Key": "wrong"}), 401, "unauthorized",
+    assert_error(client.get("/v1/models", headers={"X-API-Key": "wrong"}), 403, "forbidden",
                  "X-API-Key")
 
 
