@@ -1,17 +1,22 @@
-"""Request and response models of the fraud API (pydantic v2, unknown fields rejected)."""
+"""Request and response models of the fraud API (pydantic v2, unknown fields rejected).
+
+Field types come from `common.fields`, so the OpenAPI document states exactly what is accepted:
+ids are integers in 0..2**53-1, `amount` a JSON number in 0..1e9 (never a boolean or a string),
+`timestamp` ISO 8601 or epoch seconds (the one convention of every vertical)."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
+
+from common.fields import JSON_NUMBER, Id, Timestamp
 
 __all__ = ["Transaction", "Reason", "Score", "BatchRequest", "BatchResponse", "Label",
-           "LabelsRequest", "LabelsResponse", "MAX_BATCH"]
+           "LabelsRequest", "LabelsResponse", "MAX_BATCH", "MAX_AMOUNT"]
 
 MAX_BATCH = 1000
-Id = Annotated[StrictInt, Field(ge=0, le=2**62)]
+MAX_AMOUNT = 1e9
 
 
 class Transaction(BaseModel):
@@ -19,10 +24,11 @@ class Transaction(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     transaction_id: Id
-    timestamp: datetime = Field(description="ISO 8601, e.g. 2018-08-08T10:15:00 (UTC if no zone)")
+    timestamp: Timestamp
     customer_id: Id
     terminal_id: Id
-    amount: Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)]
+    amount: Annotated[float, Field(ge=0, le=MAX_AMOUNT, allow_inf_nan=False,
+                                   description="in the card's currency"), JSON_NUMBER]
 
 
 class Reason(BaseModel):

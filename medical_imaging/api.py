@@ -1,56 +1,97 @@
 """The thin REST layer: `POST /medical/v1/predict` with a JSON body (base64 image) or a
 multipart upload (field `file`, optional form fields `heatmap`, `abstain_threshold`). Both are
-turned into the same `PredictRequest`; body-size limits (413) are enforced by the core."""
+turned into the same `PredictRequest`; body-size and part-count limits (413) are enforced by the
+core. Both bodies are validated as strictly as the OpenAPI document describes them: booleans are
+`true`/`false`, numbers are numbers, unknown fields are refused. That the bytes are a readable
+image (PNG, JPEG, DICOM, NIfTI) no schema can say: the predictor answers 422 when they are not."""
 
 from __future__ import annotations
 
 import base64
 import json
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
+from pydantic import Field, StrictBool
+from starlette.datastructures import UploadFile
 
 from common.errors import InvalidInput
+from common.fields import JSON_NUMBER
 from common.predictor import parse_request
+from common.serving.openapi import model_errors
 from medical_imaging.predictor import PredictRequest, PredictResponse
 
-__all__ = ["build_router"]
+__all__ = ["build_router", "PredictHTTPRequest"]
+_FORM_FIELDS = ("file", "heatmap", "abstain_threshold")
 
+
+class PredictHTTPRequest(PredictRequest):
+    """The JSON body: `PredictRequest` with the types the wire format can check."""
+
+    image_base64: str = Field(
+        min_length=1, json_schema_extra={"format": "byte"},
+        description="the file's bytes (PNG, JPEG, DICOM or NIfTI; at least 2x2 pixels), base64")
+    heatmap: StrictBool = Field(False, description="also return a Grad-CAM overlay PNG (base64)")
+    abstain_threshold: Annotated[float, Field(ge=0.0, le=1.0), JSON_NUMBER] | None = Field(
+        None, description="abstain below this confidence (default: the bundle's)")
+
+
+_MULTIPART_SCHEMA = {
+    "type": "object", "required": ["file"], "additionalProperties": False,
+    "properties": {
+        "file": {"type": "string", "format": "binary",
+                 "description": "the image file (PNG, JPEG, DICOM or NIfTI; at least 2x2 pixels)"},
+        "heatmap": {"type": "boolean", "description": "true or false (default false)"},
+        "abstain_threshold": {"type": "number", "minimum": 0, "maximum": 1},
+    },
+}
 _BODY_DOC: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": PredictRequest.model_json_schema()},
-            "multipart/form-data": {"schema": {
-                "type": "object", "required": ["file"],
-                "properties": {
-                    "file": {"type": "string", "format": "binary"},
-                    "heatmap": {"type": "boolean"},
-                    "abstain_threshold": {"type": "number"},
-                }}},
+            "application/json": {"schema": PredictHTTPRequest.model_json_schema()},
+            "multipart/form-data": {"schema": _MULTIPART_SCHEMA},
         },
     }
 }
 
 
-def _truthy(value: str | None) -> bool:
-    return str(value).strip().lower() in ("1", "true", "yes", "on")
+def _form_bool(value: str) -> bool:
+    if value not in ("true", "false"):
+        raise InvalidInput("heatmap", "must be true or false")
+    return value == "true"
+
+
+def _form_number(value: str, field: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise InvalidInput(field, "must be a number") from None
 
 
 async def _from_multipart(request: Request) -> PredictRequest:
     form = await request.form()
+    unknown = sorted(set(form.keys()) - set(_FORM_FIELDS))
+    if unknown:
+        raise InvalidInput(unknown[0], f"unknown form field; expected {', '.join(_FORM_FIELDS)}")
+    for name in _FORM_FIELDS:
+        if len(form.getlist(name)) > 1:
+            raise InvalidInput(name, "given more than once")
     upload = form.get("file")
-    if upload is None or isinstance(upload, str):
+    if not isinstance(upload, UploadFile):
         raise InvalidInput("file", "multipart upload needs one file in the field 'file'")
-    data = await upload.read()
     payload: dict[str, Any] = {
-        "image_base64": base64.b64encode(data).decode(),
-        "filename": upload.filename or "upload",
-        "heatmap": _truthy(form.get("heatmap")),
+        "image_base64": base64.b64encode(await upload.read()).decode(),
+        "filename": (upload.filename or "upload")[:255],  # only names the file in messages
     }
-    if form.get("abstain_threshold") not in (None, ""):
-        payload["abstain_threshold"] = form.get("abstain_threshold")
-    return parse_request(PredictRequest, payload)
+    for name, parse in (("heatmap", _form_bool),
+                        ("abstain_threshold", lambda v: _form_number(v, "abstain_threshold"))):
+        value = form.get(name)
+        if isinstance(value, UploadFile):
+            raise InvalidInput(name, "must be a plain form field, not a file")
+        if value is not None:
+            payload[name] = parse(value)
+    return parse_request(PredictHTTPRequest, payload)
 
 
 async def _from_json(request: Request) -> PredictRequest:
@@ -58,13 +99,14 @@ async def _from_json(request: Request) -> PredictRequest:
         payload = json.loads(await request.body())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InvalidInput("body", f"not valid JSON ({e.__class__.__name__})") from None
-    return parse_request(PredictRequest, payload)
+    return parse_request(PredictHTTPRequest, payload)
 
 
 def build_router(served) -> APIRouter:
     router = APIRouter(prefix="/medical/v1", tags=["medical"])
 
     @router.post("/predict", response_model=PredictResponse, openapi_extra=_BODY_DOC,
+                 operation_id="medicalPredict", responses=model_errors(),
                  summary="Calibrated diagnosis of one image (PNG, JPEG, DICOM or NIfTI)")
     async def predict(request: Request):
         ctype = request.headers.get("content-type", "")

@@ -71,6 +71,8 @@ class TranslationPredictor(Predictor):
         self.gen_batch = int(self.options.get("batch_size") or 32)
         self.device = device
         self.model, self.tokenizer = rebuild(self.bundle, AutoModelForSeq2SeqLM, device)
+        # the decoder has one position embedding per output token: generating past them crashes
+        self.max_new_tokens_limit = int(self.model.config.max_position_embeddings)
         # No forced </s> at the length cap: a cut-off output must show as `truncated`, not end
         # with a fake sentence end.
         self.model.generation_config.forced_eos_token_id = None
@@ -85,6 +87,9 @@ class TranslationPredictor(Predictor):
         if request.target_lang != self.tgt:
             raise InvalidInput("target_lang", f"this model translates {self.src}→{self.tgt}, "
                                               f"not into {request.target_lang!r}")
+        if (request.max_new_tokens or 0) > self.max_new_tokens_limit:
+            raise InvalidInput("max_new_tokens", f"this model writes at most "
+                                                 f"{self.max_new_tokens_limit} tokens per sentence")
         pieces = [p for s in split_sentences(request.text)
                   for p in split_to_fit(s, self._n_tokens, self.max_source_tokens)]
         return {"pieces": pieces, "max_new_tokens": request.max_new_tokens or self.max_new_tokens}
@@ -124,13 +129,16 @@ class TranslationPredictor(Predictor):
         translated: dict[int, tuple[list[str], list[bool]]] = {}
         for max_new, ks in by_budget.items():
             flat = [(k, p) for k in ks for p in items[k]["pieces"]]
+            if not flat:  # only texts without a sentence: nothing to generate
+                continue
             outs, hits = self._generate([p for _, p in flat], max_new)
             for (k, _), o, h in zip(flat, outs, hits, strict=True):
                 translated.setdefault(k, ([], []))
                 translated[k][0].append(o)
                 translated[k][1].append(h)
         for k, it in enumerate(items):
-            outs, hits = translated[k]
+            # a text of separators only (e.g. "\x1f") has no sentence: an empty translation
+            outs, hits = translated.get(k, ([], []))
             results.append({
                 "translation": " ".join(o for o in outs if o),
                 "source_lang": self.src,

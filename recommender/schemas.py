@@ -1,37 +1,56 @@
-"""Request and response models of the recommender (pydantic v2, requests forbid extra keys)."""
+"""Request and response models of the recommender (pydantic v2, requests forbid extra keys).
+
+User and item ids are strings; JSON integers are accepted too (CSV/Parquet batch inputs and
+some clients send numeric ids) and documented as such. Event timestamps follow the suite's one
+convention (`common.fields.Timestamp`: ISO 8601 or epoch seconds)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic_core import PydanticCustomError
+
+from common.fields import MAX_SAFE_INT, Timestamp
 
 __all__ = ["RecommendRequest", "RecommendResponse", "ScoredItem", "Event", "EventsRequest",
-           "EventsResponse", "MAX_K"]
+           "EventsResponse", "MAX_K", "MAX_ID_CHARS", "ExternalId"]
 MAX_K = 1000
+MAX_ID_CHARS = 256
 
 
 def _as_id(v):
     # ids arrive as JSON numbers from CSV/Parquet batch inputs and some clients: ids are strings
     if isinstance(v, bool):
-        raise ValueError("must be a string or integer id")
-    if isinstance(v, int):
-        return str(v)
+        raise PydanticCustomError("id_type", "must be a string or integer id")
     if isinstance(v, float) and v.is_integer():
-        return str(int(v))
+        v = int(v)
+    if isinstance(v, int):
+        if abs(v) > MAX_SAFE_INT:  # the integer range the schema documents
+            raise PydanticCustomError("id_range", "an integer id must be within ±(2**53-1)")
+        return str(v)
     return v
+
+
+ExternalId = Annotated[
+    str,
+    Field(min_length=1, max_length=MAX_ID_CHARS),
+    BeforeValidator(_as_id),
+    WithJsonSchema({"anyOf": [
+        {"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS},
+        {"type": "integer", "minimum": -MAX_SAFE_INT, "maximum": MAX_SAFE_INT},
+    ]}),
+]
 
 
 class RecommendRequest(BaseModel):
     """Top-k for a user (`user_id`) or items similar to an item (`item_id`): exactly one."""
 
     model_config = ConfigDict(extra="forbid")
-    user_id: str | None = Field(None, min_length=1, max_length=256)
-    item_id: str | None = Field(None, min_length=1, max_length=256)
+    user_id: ExternalId | None = None
+    item_id: ExternalId | None = None
     k: int = Field(10, ge=1, le=MAX_K, description="number of items to return")
     exclude_seen: bool = Field(True, description="drop items the user already interacted with")
-
-    _ids = field_validator("user_id", "item_id", mode="before")(_as_id)
 
     @model_validator(mode="after")
     def _one_target(self):
@@ -59,11 +78,9 @@ class RecommendResponse(BaseModel):
 
 class Event(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    user_id: str = Field(min_length=1, max_length=256)
-    item_id: str = Field(min_length=1, max_length=256)
-    timestamp: int | None = None
-
-    _ids = field_validator("user_id", "item_id", mode="before")(_as_id)
+    user_id: ExternalId
+    item_id: ExternalId
+    timestamp: Timestamp | None = None
 
 
 class EventsRequest(BaseModel):
