@@ -29,6 +29,7 @@ from typing import Any
 
 from common.artifacts import default_root, load_bundle
 from common.errors import BundleError, InvalidInput, NotFound
+from common.tracking import mirror_aliases
 
 __all__ = [
     "ALIASES_FILE",
@@ -39,6 +40,8 @@ __all__ = [
     "promote",
     "rollback",
     "serving_ref",
+    "get_rollout",
+    "set_rollout",
 ]
 
 ALIASES_FILE = "aliases.json"
@@ -175,6 +178,8 @@ def _move(
         state["aliases"][name] = version
     state["history"].append(record)
     _write(root, vertical, state)
+    # under the lock, so MLflow's aliases move in the store's order (no-op without MLflow)
+    mirror_aliases(root, vertical, state)
     return record
 
 
@@ -209,18 +214,78 @@ def set_alias(
 
 
 def promote(
-    root: str | Path | None, vertical: str, reason: str = "", user: str | None = None
+    root: str | Path | None,
+    vertical: str,
+    reason: str = "",
+    user: str | None = None,
+    expect: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """candidate -> production; the candidate alias is cleared. Returns the production record."""
+    """candidate -> production; the candidate alias is cleared. Returns the production record.
+    `expect` ({alias: version}, e.g. what a gate scored) must still hold under the lock, or
+    nothing moves."""
     with _locked(root, vertical):
-        cand = get_aliases(root, vertical).get("candidate")
+        current = get_aliases(root, vertical)
+        cand = current.get("candidate")
         if cand is None:
             raise NotFound(f"{vertical} has no 'candidate' alias to promote", "alias")
+        for name, version in (expect or {}).items():
+            if current.get(name) != version:
+                raise InvalidInput("alias", f"{vertical}: {name} moved to {current.get(name)} "
+                                            f"(expected {version}); not promoted, run it again")
         _verified(root, vertical, cand, "candidate")
         rec = _move(root, vertical, "production", cand, reason, "promote", user)
         _move(root, vertical, "candidate", None, f"promoted to production: {reason}".strip(),
               "promote", user)
+        state = _read(root, vertical)
+        if state.get("rollout"):  # shadow/canary of a candidate that is now production
+            state["history"].append({
+                "time": datetime.now(UTC).isoformat(), "alias": "rollout",
+                "from": json.dumps(state["rollout"], sort_keys=True), "to": "{}",
+                "action": "rollout", "reason": "candidate promoted", "user": user or _user(),
+                "metrics_from": None, "metrics_to": None,
+            })
+            state["rollout"] = {}
+            _write(root, vertical, state)
         return rec
+
+
+def get_rollout(root: str | Path | None, vertical: str) -> dict[str, Any]:
+    """Shadow / canary settings of a vertical: {"shadow": f, "canary": w, "key": k} ({} = off)."""
+    return dict(_read(root, vertical).get("rollout") or {})
+
+
+def set_rollout(
+    root: str | Path | None,
+    vertical: str,
+    shadow: float = 0.0,
+    canary: float = 0.0,
+    key: str | None = None,
+    reason: str = "",
+    user: str | None = None,
+) -> dict[str, Any]:
+    """Set the share of requests shadowed by, and routed to, the `candidate` (0 = off). Kept in
+    the store beside the aliases, so every worker and replica reads the same settings."""
+    for field, v in (("shadow", shadow), ("canary", canary)):
+        if not 0.0 <= v <= 1.0:
+            raise InvalidInput(field, f"must be a fraction between 0 and 1, got {v}")
+    if key is not None and not re.match(r"^(header:[A-Za-z0-9-]{1,64}|[a-z_][a-z0-9_]{0,63})$",
+                                        key):
+        raise InvalidInput("key", f"{key!r} is not a request field name or header:NAME")
+    with _locked(root, vertical):
+        state = _read(root, vertical)
+        if (shadow or canary) and "candidate" not in state["aliases"]:
+            raise NotFound(f"{vertical} has no 'candidate' alias to shadow or canary", "alias")
+        new = {"shadow": shadow, "canary": canary, "key": key} if (shadow or canary) else {}
+        record = {
+            "time": datetime.now(UTC).isoformat(), "alias": "rollout",
+            "from": json.dumps(state.get("rollout") or {}, sort_keys=True),
+            "to": json.dumps(new, sort_keys=True), "action": "rollout", "reason": reason,
+            "user": user or _user(), "metrics_from": None, "metrics_to": None,
+        }
+        state["rollout"] = new
+        state["history"].append(record)
+        _write(root, vertical, state)
+        return record
 
 
 def _rollback_target(history: list[dict[str, Any]]) -> str | None:

@@ -4,9 +4,13 @@ verticals models list
 verticals models show fraud/latest | fraud/production | fraud/VERSION | PATH
 verticals models alias fraud VERSION candidate --reason "retrained on October"
 verticals models promote fraud [--reason ...]       candidate -> production
+verticals models promote fraud --gate DATA [--margin 0.01]   ... only if the candidate scores
+                                                    no worse than production - margin on DATA
 verticals models rollback fraud [--reason ...]      production -> the version it replaced
 verticals models history fraud
 verticals models diff fraud/production fraud/candidate
+verticals models rollout fraud --shadow 0.1 --canary 0.05 [--key customer_id|header:X-User]
+verticals models rollout fraud --off
 """
 
 from __future__ import annotations
@@ -16,9 +20,18 @@ import json
 from pathlib import Path
 from typing import Any
 
-from common.aliases import alias_history, get_aliases, promote, rollback, set_alias
+from common.aliases import (
+    alias_history,
+    get_aliases,
+    get_rollout,
+    promote,
+    rollback,
+    set_alias,
+    set_rollout,
+)
 from common.artifacts import Bundle, list_bundles, load_bundle
 from common.errors import InvalidInput, NotFound
+from common.gate import add_gate_args, run_gate
 from common.registry import get_vertical, list_verticals
 
 __all__ = ["add_models_parser", "cmd_models", "load_ref"]
@@ -43,10 +56,23 @@ def add_models_parser(sub, common) -> None:
         p = msub.add_parser(action, help=help_)
         p.add_argument("vertical")
         p.add_argument("--reason", default="")
+        if action == "promote":
+            add_gate_args(p)
         common(p)
     p = msub.add_parser("history", help="every alias move of a vertical")
     p.add_argument("vertical")
     p.add_argument("--json", action="store_true", help="print the records as JSON")
+    common(p)
+    p = msub.add_parser("rollout", help="shadow and canary shares of the candidate")
+    p.add_argument("vertical")
+    p.add_argument("--shadow", type=float, default=0.0,
+                   help="share of requests also answered by the candidate (never returned)")
+    p.add_argument("--canary", type=float, default=0.0,
+                   help="share of routing keys answered by the candidate")
+    p.add_argument("--key", default=None, help="routing key: a request field or header:NAME "
+                   "(default: the vertical's caller field, else header:X-Routing-Key)")
+    p.add_argument("--off", action="store_true", help="turn shadow and canary off")
+    p.add_argument("--reason", default="")
     common(p)
     p = msub.add_parser("diff", help="config and metrics of two bundles side by side")
     p.add_argument("a")
@@ -134,8 +160,13 @@ def cmd_models(args: argparse.Namespace) -> None:
         print(f"{args.vertical}: {rec['alias']} {rec['from'] or '-'} -> {rec['to']}")
     elif args.action in ("promote", "rollback"):
         get_vertical(args.vertical)
-        fn = promote if args.action == "promote" else rollback
-        rec = fn(root, args.vertical, reason=args.reason)
+        if args.action == "rollback":
+            rec = rollback(root, args.vertical, reason=args.reason)
+        elif args.gate is not None:  # the gate refuses by raising: nothing moves
+            reason, scored = run_gate(root, args.vertical, args)
+            rec = promote(root, args.vertical, reason=reason, expect=scored)
+        else:
+            rec = promote(root, args.vertical, reason=args.reason)
         print(f"{args.vertical}: production {rec['from'] or '-'} -> {rec['to']}")
     elif args.action == "history":
         get_vertical(args.vertical)
@@ -150,6 +181,14 @@ def cmd_models(args: argparse.Namespace) -> None:
         for r in hist:
             print(f"{r['time']}  {r['action']:<8} {r['alias']:<11} {r['from'] or '-'} -> "
                   f"{r['to'] or '-'}  by {r['user']}  {r['reason']}")
+    elif args.action == "rollout":
+        get_vertical(args.vertical)
+        if args.off:
+            args.shadow = args.canary = 0.0
+        set_rollout(root, args.vertical, args.shadow, args.canary, args.key, reason=args.reason)
+        state = get_rollout(root, args.vertical)
+        print(f"{args.vertical}: " + (f"shadow {state['shadow']:.0%}, canary {state['canary']:.0%}"
+                                      if state else "shadow and canary off"))
     elif args.action == "diff":
         print(_diff(load_ref(args.a, root), load_ref(args.b, root)))
     else:  # argparse's choices make this unreachable

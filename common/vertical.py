@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -50,6 +50,12 @@ class Vertical(ABC):
     def build_router(self, served: ServedPredictor) -> APIRouter:
         """The vertical's thin FastAPI router; full paths (e.g. '/fraud/v1/score')."""
 
+    def openapi_schema_updates(self, predictor: Predictor) -> dict[str, Any]:
+        """What only the loaded bundle knows, for the OpenAPI document: {component schema name:
+        {property: JSON Schema keywords to add}}, e.g. the translation pair as enums
+        (default: nothing)."""
+        return {}
+
     @abstractmethod
     def example_requests(self) -> list[ExampleRequest]:
         """At least one valid request; the first is printed by `verticals demo`."""
@@ -77,6 +83,19 @@ class Vertical(ABC):
         """Run args.protocol and return a report dict (see common.reports.build_report)."""
         raise NotImplementedError(f"{self.name} has no evaluation protocol yet")
 
+    # ---- champion/challenger gate (`verticals models promote V --gate DATA`) ---------------
+    # the metric the gate compares (higher is better); None: this vertical has no gate
+    gate_metric: ClassVar[str | None] = None
+
+    def gate_score(self, bundle: Bundle, data: Path, args: argparse.Namespace | None
+                   ) -> dict[str, float]:
+        """Metrics of an existing bundle (no retraining) on labelled DATA in the vertical's own
+        format: must hold `gate_metric`, may carry more for the printout. Data that does not
+        fit raises InvalidInput before anything moves."""
+        from common.errors import InvalidInput
+
+        raise InvalidInput("gate", f"{self.name} has no gate")
+
     # ---- batch scoring ------------------------------------------------------------------
     def add_score_args(self, parser: argparse.ArgumentParser) -> None:
         """Options of `verticals score <vertical>` (e.g. --text-column)."""
@@ -91,6 +110,28 @@ class Vertical(ABC):
         """Chunks of request rows for `verticals score`, or None to use the common tabular
         reader (CSV / Parquet / JSONL / folder). Override for non-tabular inputs (images)."""
         return None
+
+    def prepare_batch(
+        self,
+        predictor: Predictor,
+        chunks: Iterable[pd.DataFrame],
+        args: argparse.Namespace | None,
+        keep: list[str] | None = None,
+        workdir: Path | None = None,
+    ) -> Iterable[pd.DataFrame]:
+        """Called once per `verticals score` job on its whole stream of chunks, before any chunk
+        is scored here or sent to a Ray actor (default: the chunks unchanged).
+
+        A vertical whose answers depend on earlier rows (fraud's card and terminal histories)
+        computes that state here, once and in order, and yields the same chunks (same sizes, same
+        `__row`/`__source`, the `keep` columns) carrying what each row needs, so that scoring a
+        chunk is stateless and a job answers alike whatever its engine, chunk size, actor count
+        or interruption. It sees every chunk on every run, finished ones included (a resumed job
+        must rebuild the same state); it must be deterministic. `workdir` (the job's parts folder:
+        it survives a kill and goes when the job completes) pins what a rerun must reuse rather
+        than read again, e.g. a shared store's state that the first run already changed.
+        """
+        return chunks
 
     def row_to_payload(self, row: dict[str, Any], args: argparse.Namespace | None) -> Any:
         """One input row → one predictor payload (default: the row itself)."""

@@ -126,6 +126,13 @@ class FraudVertical(Vertical):
 
         return run(args)
 
+    gate_metric = "average_precision"
+
+    def gate_score(self, bundle: Bundle, data: Path, args) -> dict[str, float]:
+        from fraud_detection.gate import gate_score
+
+        return gate_score(bundle, data)
+
     # ---- batch scoring -------------------------------------------------------------------
     def add_score_args(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--columns", default=None,
@@ -157,6 +164,20 @@ class FraudVertical(Vertical):
             df = df.loc[key.sort_values(["t", "i"], kind="stable", na_position="last").index]
         for s in range(0, len(df), chunk_size):
             yield df.iloc[s : s + chunk_size].reset_index(drop=True)
+
+    def prepare_batch(self, predictor, chunks, args, keep=None,
+                      workdir=None) -> Iterator[pd.DataFrame]:
+        """Card and terminal histories for the whole job, once and in order, so that chunks
+        score alike locally, on Ray actors and after a resume (fraud_detection.batch_features)."""
+        from fraud_detection.batch_features import prepare_chunks
+
+        return prepare_chunks(predictor, self, chunks, args, keep, workdir)
+
+    def score_columns(self, predictor, chunk, args):
+        """A prepared chunk: the stateless model on its feature rows, in one call."""
+        from fraud_detection.batch_features import score_prepared
+
+        return score_prepared(predictor, chunk)
 
     def row_to_payload(self, row: dict[str, Any], args) -> Any:
         cols = parse_columns(getattr(args, "columns", None)) if args is not None else {}

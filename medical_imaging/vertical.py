@@ -139,6 +139,13 @@ class MedicalVertical(Vertical):
             raise InvalidInput("protocol", f"{args.protocol!r}: medical supports 'medmnist'")
         return run_medmnist(args)
 
+    gate_metric = "auc"
+
+    def gate_score(self, bundle: Bundle, data: Path, args) -> dict[str, float]:
+        from medical_imaging.gate import gate_score
+
+        return gate_score(bundle, data)
+
     # ---- batch scoring ------------------------------------------------------------------
     def add_score_args(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--abstain-threshold", type=float, default=None,

@@ -7,28 +7,37 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
 from common.artifacts import Bundle, fingerprint
 from common.errors import InvalidInput
 from common.registry import register_vertical
+from common.serving.openapi import model_errors
 from common.vertical import ExampleRequest, Vertical
 from nlp.data import load_labelled
 from nlp.embedded import sentiment_examples
+from nlp.http_schemas import ONE_TEXT_OR_TEXTS, absent_by_default, http_text, one_text_or_texts
 from nlp.sentiment_eval import evaluate_sentiment
-from nlp.sentiment_predictor import SentimentPredictor, SentimentRequest, SentimentResponse, Text
+from nlp.sentiment_predictor import (
+    MAX_CHARS,
+    SentimentPredictor,
+    SentimentRequest,
+    SentimentResponse,
+)
 from nlp.sentiment_train import SentimentConfig, fit_sentiment, publish_sentiment
 
 __all__ = ["SentimentVertical", "SentimentHTTPRequest", "SentimentBatchResponse"]
 MAX_TEXTS = 256
+HttpText = http_text(MAX_CHARS)
 
 
 class SentimentHTTPRequest(BaseModel):
     """Either one `text` (answer: one result) or `texts` (answer: {"results": [...]})."""
 
-    model_config = ConfigDict(extra="forbid")
-    text: Text | None = None
-    texts: list[Text] | None = Field(None, min_length=1, max_length=MAX_TEXTS)
+    model_config = ConfigDict(extra="forbid", json_schema_extra=ONE_TEXT_OR_TEXTS)
+    text: HttpText = absent_by_default(description="one text (1..10,000 characters)")
+    texts: list[HttpText] = absent_by_default(min_length=1, max_length=MAX_TEXTS,
+                                              description="up to 256 texts, answered in order")
 
 
 class SentimentBatchResponse(BaseModel):
@@ -45,10 +54,10 @@ class SentimentVertical(Vertical):
     def build_router(self, served) -> APIRouter:
         router = APIRouter(prefix="/nlp/v1", tags=["nlp"])
 
-        @router.post("/sentiment", response_model=SentimentResponse | SentimentBatchResponse)
+        @router.post("/sentiment", response_model=SentimentResponse | SentimentBatchResponse,
+                     operation_id="nlpSentiment", responses=model_errors())
         async def sentiment(req: SentimentHTTPRequest):
-            if (req.text is None) == (req.texts is None):
-                raise InvalidInput("text", "give exactly one of `text` or `texts`")
+            one_text_or_texts(req.text, req.texts)
             if req.text is not None:
                 return await served.predict(SentimentRequest(text=req.text))
             results = await served.predict_many([SentimentRequest(text=t) for t in req.texts])
@@ -105,6 +114,13 @@ class SentimentVertical(Vertical):
 
     def evaluate(self, args: argparse.Namespace) -> dict[str, Any]:
         return evaluate_sentiment(args)
+
+    gate_metric = "accuracy"
+
+    def gate_score(self, bundle: Bundle, data: Path, args) -> dict[str, float]:
+        from nlp.sentiment_gate import gate_score
+
+        return gate_score(bundle, data, args)
 
     # ---- batch scoring ------------------------------------------------------------------
     def add_score_args(self, parser: argparse.ArgumentParser) -> None:

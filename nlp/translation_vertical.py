@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from common.artifacts import Bundle, fingerprint
 from common.errors import InvalidInput
+from common.fields import JSON_INT
 from common.registry import register_vertical
+from common.serving.openapi import model_errors
 from common.vertical import ExampleRequest, Vertical
 from nlp.data import parallel_file, read_parallel
 from nlp.embedded import parallel_phrases
+from nlp.http_schemas import ONE_TEXT_OR_TEXTS, absent_by_default, http_text, one_text_or_texts
 from nlp.translation_eval import evaluate_translation
 from nlp.translation_predictor import (
-    Lang,
-    Text,
+    MAX_CHARS,
     TranslationPredictor,
     TranslationRequest,
     TranslationResponse,
@@ -27,17 +29,24 @@ from nlp.translation_train import TranslationConfig, fit_translation, publish_tr
 
 __all__ = ["TranslationVertical", "TranslateHTTPRequest", "TranslateBatchResponse"]
 MAX_TEXTS = 64
+MAX_NEW_TOKENS = 512
+HttpText = http_text(MAX_CHARS)
+# Lower-case codes as the bundle names them (en, de, pt-br); the served pair is an `enum` in the
+# OpenAPI document once the model is loaded (`openapi_schema_updates`)
+HttpLang = Annotated[str, StringConstraints(pattern=r"^[a-z]{2,3}(-[a-z0-9]{2,8})?$")]
 
 
 class TranslateHTTPRequest(BaseModel):
     """One `text` (answer: one result) or `texts` (answer: {"translations": [...]})."""
 
-    model_config = ConfigDict(extra="forbid")
-    text: Text | None = None
-    texts: list[Text] | None = Field(None, min_length=1, max_length=MAX_TEXTS)
-    source_lang: Lang
-    target_lang: Lang
-    max_new_tokens: int | None = Field(None, ge=1, le=512)
+    model_config = ConfigDict(extra="forbid", json_schema_extra=ONE_TEXT_OR_TEXTS)
+    text: HttpText = absent_by_default(description="one text (1..5,000 characters)")
+    texts: list[HttpText] = absent_by_default(min_length=1, max_length=MAX_TEXTS,
+                                              description="up to 64 texts, answered in order")
+    source_lang: HttpLang
+    target_lang: HttpLang
+    max_new_tokens: Annotated[int, Field(ge=1, le=MAX_NEW_TOKENS), JSON_INT] | None = Field(
+        None, description="output tokens per sentence (default: the bundle's)")
 
 
 class TranslateBatchResponse(BaseModel):
@@ -54,10 +63,10 @@ class TranslationVertical(Vertical):
     def build_router(self, served) -> APIRouter:
         router = APIRouter(prefix="/nlp/v1", tags=["nlp"])
 
-        @router.post("/translate", response_model=TranslationResponse | TranslateBatchResponse)
+        @router.post("/translate", response_model=TranslationResponse | TranslateBatchResponse,
+                     operation_id="nlpTranslate", responses=model_errors())
         async def translate(req: TranslateHTTPRequest):
-            if (req.text is None) == (req.texts is None):
-                raise InvalidInput("text", "give exactly one of `text` or `texts`")
+            one_text_or_texts(req.text, req.texts)
             common = {"source_lang": req.source_lang, "target_lang": req.target_lang,
                       "max_new_tokens": req.max_new_tokens}
             if req.text is not None:
@@ -66,6 +75,14 @@ class TranslationVertical(Vertical):
             return TranslateBatchResponse(translations=await served.predict_many(reqs))
 
         return router
+
+    def openapi_schema_updates(self, predictor: TranslationPredictor) -> dict[str, Any]:
+        """The served bundle's language pair (enums) and output length limit."""
+        return {"TranslateHTTPRequest": {
+            "source_lang": {"enum": [predictor.src]},
+            "target_lang": {"enum": [predictor.tgt]},
+            "max_new_tokens": {"maximum": min(MAX_NEW_TOKENS, predictor.max_new_tokens_limit)},
+        }}
 
     def example_requests(self) -> list[ExampleRequest]:
         out = []
@@ -127,6 +144,13 @@ class TranslationVertical(Vertical):
 
     def evaluate(self, args: argparse.Namespace) -> dict[str, Any]:
         return evaluate_translation(args)
+
+    gate_metric = "bleu"
+
+    def gate_score(self, bundle: Bundle, data: Path, args) -> dict[str, float]:
+        from nlp.translation_gate import gate_score
+
+        return gate_score(bundle, data, args)
 
     # ---- batch scoring ------------------------------------------------------------------
     def add_score_args(self, parser: argparse.ArgumentParser) -> None:

@@ -84,6 +84,13 @@ class RecommenderVertical(Vertical):
 
         return evaluate_args(args)
 
+    gate_metric = "ndcg_at_10"
+
+    def gate_score(self, bundle: Bundle, data: Path, args) -> dict[str, float]:
+        from recommender.gate import gate_score
+
+        return gate_score(bundle, data)
+
     # ---- batch scoring ----------------------------------------------------------------------
     def add_score_args(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--all-users", action="store_true",

@@ -157,3 +157,17 @@ def test_cli_models_errors_are_one_line(store, capsys, argv, message):
     err = capsys.readouterr().err.strip()
     assert err.startswith(message) and "\n" not in err
     assert _state_bytes(root) == before
+
+
+def test_promote_expect_holds_under_the_lock(store):
+    """What a gate scored must still be the candidate and production when promote moves."""
+    root, (v1, v2, v3) = store
+    set_alias(root, "toy", v1, "production")
+    set_alias(root, "toy", v2, "candidate")
+    scored = get_aliases(root, "toy")
+    set_alias(root, "toy", v3, "candidate")  # moved while the gate was scoring
+    before = _state_bytes(root)
+    with pytest.raises(InvalidInput, match=f"candidate moved to {v3} \\(expected {v2}\\)"):
+        promote(root, "toy", expect=scored)
+    assert _state_bytes(root) == before
+    assert promote(root, "toy", expect=get_aliases(root, "toy"))["to"] == v3

@@ -111,3 +111,52 @@ class ToyVertical(Vertical):
         w.save_weights(make_net().state_dict())
         return w.publish("tests.common.toy_vertical.make_net", {"in": 4},
                          data_fingerprint=fingerprint("toy: no training data"))
+
+    # ---- gate: accuracy of the MLP on a labelled CSV (columns a, b, c, d, label) --------------
+    gate_metric = "accuracy"
+
+    def gate_score(self, bundle, data, args):
+        from common.metrics import accuracy
+
+        if not Path(data).is_file():
+            raise InvalidInput("gate", f"{Path(data).name}: no such file")
+        if Path(data).suffix.lower() != ".csv":
+            raise InvalidInput("gate", f"{Path(data).name}: not a CSV file")
+        df = pd.read_csv(data)
+        missing = [c for c in (*"abcd", "label") if c not in df.columns]
+        if missing:
+            raise InvalidInput("gate", f"{Path(data).name}: no column {missing[0]!r}")
+        if df.empty:
+            raise InvalidInput("gate", f"{Path(data).name}: no rows")
+        net = make_net()
+        net.load_state_dict(bundle.state_dict())
+        with torch.no_grad():
+            pred = net(torch.tensor(df[list("abcd")].to_numpy(), dtype=torch.float32)).argmax(1)
+        return {"accuracy": accuracy(df["label"].to_numpy(), pred.numpy()), "n": float(len(df))}
+
+
+def toy_labelled(n: int, seed: int) -> pd.DataFrame:
+    """Labelled toy rows: label = [a + b > 0]."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 4, generator=g)
+    df = pd.DataFrame(x.numpy(), columns=list("abcd"))
+    df["label"] = (df["a"] + df["b"] > 0).astype(int)
+    return df
+
+
+def train_toy(root: Path, steps: int) -> Bundle:
+    """A toy bundle fitted for `steps` full-batch Adam steps on toy_labelled data (0: the
+    untrained net), so that bundles really differ in accuracy."""
+    net = make_net()
+    df = toy_labelled(512, seed=1)
+    x = torch.tensor(df[list("abcd")].to_numpy())
+    y = torch.tensor(df["label"].to_numpy())
+    opt = torch.optim.Adam(net.parameters(), lr=0.05)
+    for _ in range(steps):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+    w = BundleWriter(root, "toy", "toy-mlp")
+    w.save_weights(net.state_dict())
+    return w.publish("tests.common.toy_vertical.make_net", {"in": 4, "steps": steps},
+                     data_fingerprint=fingerprint("toy", steps))
