@@ -111,6 +111,35 @@ class Predictor(ABC):
     def close(self) -> None:
         """Release what `setup` opened once this predictor is swapped out (default: nothing)."""
 
+    # ---- the two halves of a batch (see common/serving/rollout.py) ------------------------
+    # A request field that names the caller, for sticky canary routing (e.g. "customer_id").
+    routing_field: ClassVar[str | None] = None
+    # True when `prepare` writes state (fraud's feature store): a shadow then scores the
+    # production model's prepared inputs instead of running the request again.
+    stateful: ClassVar[bool] = False
+
+    def prepare(self, items: list[Any]) -> Any:
+        """The stateful half of `predict_batch` (default: the items unchanged)."""
+        return items
+
+    def predict_prepared(self, prepared: Any) -> list[Any]:
+        """The stateless half: prepared inputs → outputs (default: `predict_batch`)."""
+        return self.predict_batch(prepared)
+
+    def select_prepared(self, prepared: Any, idx: list[int]) -> Any:
+        """The prepared inputs of items `idx` (default: list indexing)."""
+        return [prepared[i] for i in idx]
+
+    def shadow_answer(
+        self, requests: list[BaseModel], prepared: Any, primary: Predictor
+    ) -> list[BaseModel | VerticalsError]:
+        """Answer as a shadow, writing no state: a stateless predictor runs the requests
+        itself (its own decoding: tokenizer, image size); a stateful one scores `primary`'s
+        prepared inputs."""
+        if not self.stateful:
+            return self.run_each(requests)
+        return [self.encode(o) for o in self.predict_prepared(prepared)]
+
     # ---- conveniences shared by REST, batch and library users ----------------------------
     def info(self) -> dict[str, Any]:
         m = self.bundle.manifest
@@ -136,9 +165,12 @@ class Predictor(ABC):
             raise RuntimeError(f"predict_batch returned {len(outputs)} outputs for {len(items)}")
         return [self.encode(o) for o in outputs]
 
-    def run_each(self, requests: list[BaseModel]) -> list[BaseModel | VerticalsError]:
+    def run_each(
+        self, requests: list[BaseModel], shadow: Any = None
+    ) -> list[BaseModel | VerticalsError]:
         """Like `run`, but a request that fails `decode` gets its own error and the others are
-        still answered (used by the batcher and the batch job)."""
+        still answered (used by the batcher and the batch job). A `shadow`
+        (`common.serving.rollout.ShadowRunner`) is offered the batch once it is answered."""
         if not self.ready:
             raise NotReady(f"{self.vertical} predictor is not set up")
         results: list[BaseModel | VerticalsError | None] = [None] * len(requests)
@@ -150,7 +182,8 @@ class Predictor(ABC):
             except VerticalsError as e:
                 results[i] = e
         if items:
-            outputs = self.predict_batch(items)
+            prepared = self.prepare(items)
+            outputs = self.predict_prepared(prepared)
             if len(outputs) != len(items):
                 raise RuntimeError(f"predict_batch returned {len(outputs)} for {len(items)} items")
             for i, o in zip(where, outputs, strict=True):
@@ -158,6 +191,8 @@ class Predictor(ABC):
                     results[i] = self.encode(o)
                 except VerticalsError as e:
                     results[i] = e
+            if shadow is not None:
+                shadow.offer(self, requests, where, prepared, results)
         return results  # type: ignore[return-value]
 
     def predict(self, payloads: list[Any]) -> list[dict[str, Any]]:

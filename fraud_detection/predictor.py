@@ -63,8 +63,23 @@ class FraudPredictor(Predictor):
                 "VERTICALS_FRAUD_REDIS_URL", "redis://127.0.0.1:6379/0"
             )
             ns = self.options.get("redis_namespace") or self.bundle.version
-            return RedisStore(url, ns, self.delay_days)
+            timeout = self.options.get("redis_timeout_s") or os.environ.get(
+                "VERTICALS_FRAUD_REDIS_TIMEOUT_S", 0.3
+            )
+            return RedisStore(url, ns, self.delay_days, timeout_s=float(timeout))
         raise InvalidInput("store", f"unknown feature store {kind!r} (memory or redis)")
+
+    def health(self) -> bool:
+        """Ready only while the feature store answers (a cached PING for Redis): a replica
+        that cannot record transactions must leave the load balancer, not answer 503s."""
+        return self.ready and self.store.available()
+
+    @property
+    def health_reason(self) -> str | None:
+        """Why `health()` is false, for /readyz (names the store)."""
+        if not self.ready:
+            return "predictor is not set up"
+        return self.store.unavailable_reason()
 
     def decode(self, request: Transaction) -> Tx:
         ts = request.timestamp
@@ -87,14 +102,57 @@ class FraudPredictor(Predictor):
     def predict_batch(self, items: list[Tx]) -> list[dict[str, Any]]:
         if not items:
             return []
-        x = self.features_of(items)
+        return self.predict_prepared(self.prepare(items))
+
+    # ---- lifecycle (common/serving/follow.py, rollout.py) --------------------------------
+    routing_field = "customer_id"  # canary: one card holder always sees the same model
+    stateful = True  # scoring records the transaction: a shadow must not score it again
+
+    def prepare(self, items: list[Tx]) -> tuple[np.ndarray, list[int]]:
+        """The stateful half: features, recording each transaction in the store."""
+        return self.features_of(items), [tx.transaction_id for tx in items]
+
+    def predict_prepared(self, prepared: tuple[np.ndarray, list[int]]) -> list[dict[str, Any]]:
+        return self.answer(*prepared) if len(prepared[1]) else []
+
+    def select_prepared(self, prepared, idx: list[int]) -> tuple[np.ndarray, list[int]]:
+        x, ids = prepared
+        return x[idx], [ids[i] for i in idx]
+
+    def shadow_answer(self, requests, prepared, primary) -> list[Score]:
+        """A candidate scores the features production computed and recorded (never records
+        again); without reason codes, which the comparison does not use and which cost most
+        of the model time (integrated gradients)."""
+        if getattr(primary, "features", None) != self.features:
+            raise InvalidInput("candidate", "its features differ from production's: the "
+                               "shadow cannot reuse production's feature rows")
+        x, ids = prepared
+        probs, _ = self.scorer.score(x, explain=False)
+        return [Score(transaction_id=int(i), probability=float(p), decision=d, reasons=[],
+                      model_version=self.bundle.version)
+                for i, p, d in zip(ids, probs, self.policy.decide(probs), strict=True)]
+
+    def adopt_state(self, old: Predictor) -> None:
+        """Keep serving from the live feature store (histories and labels recorded since the
+        server started), not from this bundle's training snapshot. Both bundles must use the
+        same label delay, or their windows would not mean the same thing."""
+        if isinstance(old, FraudPredictor) and old.delay_days == self.delay_days:
+            self.store = old.store
+        elif isinstance(old, FraudPredictor):
+            log.warning("fraud: bundle %s has a %d-day label delay, the served one %d: it "
+                        "starts from its own snapshot", self.bundle.version, self.delay_days,
+                        old.delay_days)
+
+    def answer(self, x: np.ndarray, ids: list[int]) -> list[dict[str, Any]]:
+        """The stateless half of scoring: feature rows (from the store online, or computed once
+        per batch job by fraud_detection.batch_features) → one answer per row."""
         probs, contribs = self.scorer.score(x)  # whole batch at once, no per-row model calls
         decisions = self.policy.decide(probs)
         reasons = top_reasons(contribs, x, self.features, self.n_reasons)
         return [
-            {"transaction_id": tx.transaction_id, "probability": float(p), "decision": d,
+            {"transaction_id": int(i), "probability": float(p), "decision": d,
              "reasons": r, "model_version": self.bundle.version}
-            for tx, p, d, r in zip(items, probs, decisions, reasons, strict=True)
+            for i, p, d, r in zip(ids, probs, decisions, reasons, strict=True)
         ]
 
     def run_ordered(self, requests: list[Transaction]) -> list[Score]:

@@ -40,6 +40,21 @@ class RecommenderPredictor(Predictor):
         self.retrieval = self.options.get("retrieval", "exact")
         self.index = FaissIndex(self.model.item_vectors()) if self.retrieval == "faiss" else None
 
+    # ---- lifecycle --------------------------------------------------------------------------
+    routing_field = "user_id"  # canary routing: one user always sees the same model
+
+    def adopt_state(self, old: Predictor) -> None:
+        """Keep the events posted to the bundle this one replaces: re-keyed by item id, since
+        item indices differ between bundles (items the new bundle lacks are dropped)."""
+        if not isinstance(old, RecommenderPredictor):
+            return
+        ids = {i: item for item, i in old.enc.item_index.items()}
+        for user, idxs in old.extra_seen.items():
+            mine = {self.enc.item_index.get(ids[i]) for i in idxs}
+            mine.discard(None)
+            if mine:
+                self.extra_seen.setdefault(user, set()).update(int(i) for i in mine)
+
     # ---- history ----------------------------------------------------------------------------
     def history(self, user_id: str) -> np.ndarray:
         """Sorted item indices the user has interacted with (training + posted events)."""

@@ -17,13 +17,23 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
+from fastapi.responses import PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from common.aliases import serving_ref
 from common.errors import VerticalsError
 from common.predictor import Predictor
 from common.registry import get_vertical
+from common.serving.follow import DEFAULT_POLL_S, AliasFollower
 from common.serving.middleware import ServingMiddleware, error_body
+from common.serving.openapi import (
+    TEXT_PLAIN,
+    LiveResponse,
+    ModelsResponse,
+    ReadyResponse,
+    error_responses,
+    install_openapi,
+)
 from common.serving.prom import render
 from common.serving.served import ServedPredictor
 
@@ -69,6 +79,9 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 400:  # an unparsable body (FastAPI, multipart): bad input, as
+            # for malformed JSON, so one status (422) and shape for every kind of bad body
+            return _error(422, request, "invalid_input", f"body: {exc.detail}", "body")
         codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
         return _error(
             exc.status_code,
@@ -104,9 +117,13 @@ def create_app(
     timeout_s: float = 30.0,
     batching: dict[str, dict[str, Any]] | None = None,
     predictor_options: dict[str, dict[str, Any]] | None = None,
+    alias_poll_s: float | None = None,
 ) -> FastAPI:
-    """Build the app. Predictors not given ready-made are loaded at startup (`bundles[name]` or
-    the latest bundle under `root`); /readyz is false until all are loaded and healthy."""
+    """Build the app. Predictors not given ready-made are loaded at startup (`bundles[name]`,
+    else the `production` alias under `root`, else its latest bundle); /readyz is false until
+    all are loaded and healthy. Verticals not pinned by `predictors`/`bundles` then follow their
+    `production` alias every `alias_poll_s` seconds (default $VERTICALS_ALIAS_POLL_S or 2; 0
+    turns following off)."""
     predictors = dict(predictors or {})
     names = list(dict.fromkeys([*(verticals or []), *predictors]))
     if not names:
@@ -120,9 +137,16 @@ def create_app(
     def build(name: str) -> Predictor:
         if name in predictors:
             return predictors[name]
+        return build_from(name, (bundles or {}).get(name) or serving_ref(root, name))
+
+    def build_from(name: str, ref: str | Path) -> Predictor:
         cls = specs[name].predictor_cls
-        ref = (bundles or {}).get(name, "latest")
         return cls.load(ref, root=root, device=device, **(predictor_options or {}).get(name, {}))
+
+    follower = AliasFollower(
+        served, build_from, root, pinned={*predictors, *(bundles or {})},
+        poll_s=DEFAULT_POLL_S if alias_poll_s is None else alias_poll_s,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -137,7 +161,9 @@ def create_app(
             except VerticalsError as e:
                 state["load_errors"][name] = e.message
                 log.error("could not load %s: %s", name, e.message)
+        follower.start()
         yield
+        await follower.stop()
         await asyncio.gather(*(s.stop(drain=True) for s in served.values()))
 
     app = FastAPI(
@@ -148,46 +174,68 @@ def create_app(
         '{"error": {"code", "message", "field"}, "request_id"}.',
     )
     app.state.served = served
+    app.state.follower = follower
     _install_error_handlers(app)
 
-    @app.get("/livez", tags=["ops"])
+    @app.get("/livez", tags=["ops"], operation_id="livez", response_model=LiveResponse)
     async def livez():
         return {"status": "alive"}
 
-    @app.get("/readyz", tags=["ops"])
+    @app.get("/readyz", tags=["ops"], operation_id="readyz", response_model=ReadyResponse,
+             responses=error_responses(503))
     async def readyz(request: Request):
-        status = {n: (n in served and served[n].healthy()) for n in names}
-        if all(status.values()):
-            return {"ready": True, "models": status}
-        missing = [n for n, ok in status.items() if not ok]
-        why = "; ".join(
-            f"{n}: {state['load_errors'].get(n, 'not loaded or unhealthy')}" for n in missing
-        )
+        from common.serving.workers import missing_workers
+
+        reasons = {
+            n: (await served[n].readiness() if n in served
+                else state["load_errors"].get(n, "not loaded"))
+            for n in names
+        }
+        for n, why in missing_workers(names).items():  # other worker processes of this server
+            reasons[n] = reasons[n] or why
+        if not any(reasons.values()):
+            return {"ready": True, "models": {n: True for n in names}}
+        why = "; ".join(f"{n}: {r}" for n, r in reasons.items() if r)
         return _error(503, request, "not_ready", f"not ready: {why}", None, {"Retry-After": "5"})
 
-    @app.get("/metrics", tags=["ops"])
+    @app.get("/metrics", tags=["ops"], operation_id="metrics", response_class=PlainTextResponse,
+             responses={200: {"description": "Prometheus text exposition format",
+                              "content": {TEXT_PLAIN: {"schema": {"type": "string"}}}}})
     async def metrics():
         body, ctype = render()
         return Response(body, media_type=ctype)
 
-    @app.get("/v1/models", tags=["ops"])
+    @app.get("/v1/models", tags=["ops"], operation_id="listModels",
+             response_model=ModelsResponse)
     async def models():
         return {
             "models": [dict(s.predictor.info(), queue_depth=s.queue_depth) for s in served.values()]
         }
 
+    post_routes: dict[str, str] = {}  # exact POST path -> vertical, for early load shedding
     for name in names:
-        app.include_router(specs[name].build_router(_LazyServed(served, name)))
-    app.add_middleware(ServingMiddleware, api_key=api_key, max_body_bytes=max_body)
+        router = specs[name].build_router(_LazyServed(served, name, follower.rollouts))
+        for r in router.routes:
+            if "POST" in (getattr(r, "methods", None) or ()) and "{" not in r.path:
+                post_routes[r.path] = name
+        app.include_router(router)
+
+    def shed(path: str, timeout_s: float | None) -> str | None:
+        s = served.get(post_routes.get(path, ""))
+        return s.shed_reason(timeout_s) if s is not None else None
+
+    install_openapi(app, api_key, specs, served)
+    app.add_middleware(ServingMiddleware, api_key=api_key, max_body_bytes=max_body, shed=shed)
     return app
 
 
 class _LazyServed:
     """Routers are mounted before startup loads the models; this resolves the ServedPredictor
-    at request time and answers 503 while it is not loaded."""
+    at request time and answers 503 while it is not loaded. With a canary on
+    (`common.serving.rollout`), each request goes to the model its routing key picks."""
 
-    def __init__(self, served: dict[str, ServedPredictor], name: str):
-        self._served, self.name = served, name
+    def __init__(self, served: dict[str, ServedPredictor], name: str, rollouts: dict):
+        self._served, self.name, self._rollouts = served, name, rollouts
 
     def _get(self) -> ServedPredictor:
         s = self._served.get(self.name)
@@ -201,11 +249,20 @@ class _LazyServed:
     def predictor(self) -> Predictor:
         return self._get().predictor
 
+    def _route(self, request) -> ServedPredictor:
+        s = self._get()
+        r = self._rollouts.get(self.name)
+        return r.candidate if r is not None and r.to_candidate(request) else s
+
     async def predict(self, request, timeout_s=None):
-        return await self._get().predict(request, timeout_s)
+        return await self._route(request).predict(request, timeout_s)
 
     async def predict_many(self, requests, timeout_s=None):
-        return await self._get().predict_many(requests, timeout_s)
+        if self._rollouts.get(self.name) is None:
+            return await self._get().predict_many(requests, timeout_s)
+        # submitted in order, so one model thread answers them in order
+        return list(await asyncio.gather(
+            *(self._route(r).predict(r, timeout_s) for r in requests)))
 
     async def call(self, fn, *args, **kwargs):
         return await self._get().call(fn, *args, **kwargs)

@@ -20,10 +20,11 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from common.aliases import serving_ref
+from common.aliases import get_aliases, get_rollout, serving_ref
 from common.artifacts import MANIFEST
 from common.predictor import Predictor
 from common.serving.prom import MODEL_SWAPS, MODEL_VERSION
+from common.serving.rollout import Rollout, RolloutSettings, ShadowRunner
 from common.serving.served import ServedPredictor
 
 __all__ = ["AliasFollower", "DEFAULT_POLL_S"]
@@ -54,6 +55,7 @@ class AliasFollower:
         self.pinned = set(pinned)
         self.poll_s = poll_s
         self._refused: dict[str, tuple[str, float]] = {}
+        self.rollouts: dict[str, Rollout] = {}  # vertical -> its candidate (shadow / canary)
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -69,6 +71,8 @@ class AliasFollower:
                 await self._task
             except (asyncio.CancelledError, Exception):
                 pass
+        for name in list(self.rollouts):
+            await self._drop_rollout(name)
 
     async def _run(self) -> None:
         while True:
@@ -96,7 +100,69 @@ class AliasFollower:
                 continue
             if await self._swap(name, s, target, stamp):
                 swapped.append(name)
+        for name, s in list(self.served.items()):
+            if name not in self.pinned:
+                await self._follow_candidate(name, s)
         return swapped
+
+    async def _follow_candidate(self, name: str, s: ServedPredictor) -> None:
+        """Load, update or drop the vertical's shadow/canary candidate to match the store."""
+        settings = RolloutSettings.from_store(get_rollout(self.root, name))
+        version = get_aliases(self.root, name).get("candidate")
+        cur = self.rollouts.get(name)
+        if not settings.active or not version or version == s.predictor.bundle.version:
+            if cur is not None:
+                await self._drop_rollout(name)
+            return
+        target = Path(self.root or ".") / name / version
+        if cur is not None and cur.version == version:
+            if cur.settings != settings:  # new shares: same loaded candidate
+                await self._drop_rollout(name, keep_candidate=True)
+                self._install(name, s, cur.candidate, settings)
+            return
+        stamp = _stamp(target)
+        if self._refused.get(f"candidate:{name}") == stamp:
+            return
+        try:
+            new = await asyncio.to_thread(self.build, name, target)
+            await asyncio.to_thread(new.warmup)
+        except Exception as e:
+            self._refused[f"candidate:{name}"] = stamp
+            MODEL_SWAPS.labels(name, "candidate_refused").inc()
+            reason = getattr(e, "message", None) or f"{type(e).__name__}: {e}"
+            log.error("%s: refused candidate %s: %s", name, version, reason)
+            return
+        await s.call(new.adopt_state, s.predictor)  # a canary shares production's live state
+        if cur is not None:
+            await self._drop_rollout(name)
+        cs = ServedPredictor(new, max_batch_size=s.max_batch_size,
+                             max_wait_ms=s.max_wait_s * 1e3, max_queue=s.max_queue,
+                             timeout_s=s.timeout_s, executor=s._executor, candidate=True)
+        await cs.start()
+        self._install(name, s, cs, settings)
+        log.warning("%s: candidate %s on (shadow %.0f%%, canary %.0f%%)",
+                    name, version, 100 * settings.shadow, 100 * settings.canary)
+
+    def _install(self, name: str, s: ServedPredictor, cs: ServedPredictor,
+                 settings: RolloutSettings) -> None:
+        shadow = (ShadowRunner(name, cs.predictor, settings.shadow)
+                  if settings.shadow > 0 else None)
+        self.rollouts[name] = Rollout(name, settings, cs, shadow,
+                                      type(s.predictor).routing_field)
+        s.shadow = shadow
+
+    async def _drop_rollout(self, name: str, keep_candidate: bool = False) -> None:
+        r = self.rollouts.pop(name, None)
+        if r is None:
+            return
+        s = self.served.get(name)
+        if s is not None and s.shadow is r.shadow:
+            s.shadow = None
+        if r.shadow is not None:
+            r.shadow.close()
+        if not keep_candidate:
+            await r.candidate.stop(drain=True)
+            log.warning("%s: candidate %s off", name, r.version)
 
     async def _swap(self, name: str, s: ServedPredictor, target: Path, stamp) -> bool:
         old = s.predictor

@@ -23,6 +23,11 @@ __all__ = [
     "STAGE_TIME",
     "MODEL_SWAPS",
     "MODEL_VERSION",
+    "MODEL_REQUESTS",
+    "MODEL_LATENCY",
+    "SHADOW_COMPARED",
+    "SHADOW_METRIC_SUM",
+    "SHADOW_SKIPPED",
     "render",
 ]
 
@@ -64,6 +69,35 @@ MODEL_VERSION = Gauge(
     "Bundle version served (1) by this process",
     ["model", "version"],
     multiprocess_mode="liveall",
+)
+
+# Per model version, so a canary's errors and latency can be told from production's.
+MODEL_REQUESTS = Counter(
+    "verticals_model_requests_total",
+    "Requests answered per model version (outcome: ok or the error code)",
+    ["model", "version", "outcome"],
+)
+MODEL_LATENCY = Histogram(
+    "verticals_model_latency_seconds",
+    "Time from submit to answer per model version (queue + model)",
+    ["model", "version"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+# Shadow agreement as running sums: mean = sum / compared, which adds up across workers.
+SHADOW_COMPARED = Counter(
+    "verticals_shadow_compared_total",
+    "Requests answered by the shadow candidate and compared",
+    ["model", "candidate"],
+)
+SHADOW_METRIC_SUM = Counter(
+    "verticals_shadow_agreement",
+    "Sum of per-request agreement values (label_agreement, abs_delta_p, overlap_at_k, chrf)",
+    ["model", "candidate", "metric"],
+)
+SHADOW_SKIPPED = Counter(
+    "verticals_shadow_skipped_total",
+    "Sampled requests the shadow did not compare (behind, candidate_error, error_answer)",
+    ["model", "reason"],
 )
 
 

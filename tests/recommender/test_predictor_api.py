@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+import numpy as np
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
@@ -120,3 +121,17 @@ def test_batch_of_n_equals_n_single_calls(predictor, bundle_root):
     payloads = [{"user_id": f"u{n}", "k": 7} for n in range(40)] + [{"item_id": "i1", "k": 3}]
     single = RecommenderPredictor.load("latest", root=bundle_root)
     assert predictor.predict(payloads) == [single.predict([p])[0] for p in payloads]
+
+
+def test_a_swapped_in_bundle_keeps_posted_events(bundle_root):
+    """The server's alias follower hands live state to the next bundle (adopt_state)."""
+    old = RecommenderPredictor.load("latest", root=bundle_root)
+    items = list(old.enc.item_index)
+    old.record_events(old.parse_events([{"user_id": "u3", "item_id": items[0]},
+                                        {"user_id": "newcomer", "item_id": items[1]}]))
+    new = RecommenderPredictor.load("latest", root=bundle_root)
+    assert new.history("newcomer").size == 0
+    new.adopt_state(old)
+    for user in ("u3", "newcomer"):
+        assert np.array_equal(new.history(user), old.history(user))
+    assert RecommenderPredictor.routing_field == "user_id"

@@ -1,0 +1,171 @@
+"""Shadow and canary: a vertical's `candidate` bundle beside its `production` one.
+
+- **Shadow**: a sampled share of requests is also answered by the candidate in its own thread,
+  after the production answer is out; the candidate's answer is never returned, and it writes no
+  state (`Predictor.shadow_answer`: a stateful predictor scores the production model's prepared
+  inputs instead of recording the request again). Agreement is exported per vertical
+  (`verticals_shadow_*`): label/decision agreement and mean |Δp| for classifiers, overlap@k for
+  rankings, chrF between outputs for translation. A shadow that falls behind drops work (counted)
+  rather than queue without bound: it must never slow production down.
+- **Canary**: a share `canary` of routing keys goes to the candidate. The key is a request field
+  (the predictor's `routing_field`: customer id, user id) or a header (`header:X-User`, default
+  `X-Routing-Key`), hashed to a fixed bucket, so one caller never flips between models; a
+  request without a key stays on production.
+
+Settings live in the store (`verticals models rollout`), so every worker and replica reads the
+same ones; `AliasFollower` loads and drops the candidate as they change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import random
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+
+from common.predictor import Predictor
+from common.serving.middleware import request_headers
+from common.serving.prom import SHADOW_COMPARED, SHADOW_METRIC_SUM, SHADOW_SKIPPED
+
+__all__ = ["RolloutSettings", "Rollout", "ShadowRunner", "agreement", "bucket"]
+log = logging.getLogger(__name__)
+
+DEFAULT_HEADER = "X-Routing-Key"
+
+
+@dataclass(frozen=True)
+class RolloutSettings:
+    shadow: float = 0.0
+    canary: float = 0.0
+    key: str | None = None
+
+    @classmethod
+    def from_store(cls, d: dict[str, Any]) -> RolloutSettings:
+        return cls(float(d.get("shadow", 0)), float(d.get("canary", 0)), d.get("key"))
+
+    @property
+    def active(self) -> bool:
+        return self.shadow > 0 or self.canary > 0
+
+
+def bucket(key: str) -> float:
+    """A routing key's fixed place in [0, 1): the same key always gets the same model."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") / 2**64
+
+
+def agreement(primary: BaseModel, shadow: BaseModel) -> dict[str, float]:
+    """How far the candidate's answer is from production's, by what the answer carries."""
+    a, b = primary.model_dump(), shadow.model_dump()
+    out: dict[str, float] = {}
+    for f in ("label", "decision"):
+        if f in a:
+            out[f"{f}_agreement"] = float(a[f] == b.get(f))
+    if isinstance(a.get("probability"), float):
+        out["abs_delta_p"] = abs(a["probability"] - float(b["probability"]))
+    elif isinstance(a.get("probabilities"), dict) and a["probabilities"]:
+        pa, pb = a["probabilities"], b.get("probabilities") or {}
+        out["abs_delta_p"] = sum(abs(v - pb.get(k, 0.0)) for k, v in pa.items()) / len(pa)
+    if isinstance(a.get("items"), list):
+        ka = [i["item_id"] for i in a["items"]]
+        kb = {i["item_id"] for i in b.get("items", [])}
+        out["overlap_at_k"] = len(kb.intersection(ka)) / len(ka) if ka else 1.0
+    if isinstance(a.get("translation"), str):
+        from sacrebleu.metrics import CHRF
+
+        out["chrf"] = CHRF().sentence_score(b["translation"], [a["translation"]]).score
+    return out
+
+
+def _lower_priority() -> None:
+    """The shadow thread runs at a lower OS priority: on a busy machine the scheduler gives
+    production's threads the CPU first (Linux: per-thread nice)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):  # not Linux, or not permitted: same priority
+        pass
+
+
+class ShadowRunner:
+    """The candidate answering sampled requests in its own thread, off the request path."""
+
+    def __init__(self, name: str, candidate: Predictor, fraction: float, max_pending: int = 256):
+        self.name, self.candidate, self.fraction = name, candidate, fraction
+        self.max_pending = max_pending  # requests handed over and not yet compared
+        self._pending = 0
+        self._lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"shadow-{name}",
+                                            initializer=_lower_priority)
+        self._version = candidate.bundle.version
+        self._m_compared = SHADOW_COMPARED.labels(name, self._version)
+        self._rng = random.Random()
+
+    def offer(self, primary: Predictor, requests: list, where: list[int], prepared: Any,
+              results: list) -> None:
+        """Called in the model thread after a production batch; samples and hands off."""
+        idx = [j for j in range(len(where)) if self._rng.random() < self.fraction]
+        if not idx:
+            return
+        with self._lock:
+            if self._pending + len(idx) > self.max_pending:
+                SHADOW_SKIPPED.labels(self.name, "behind").inc(len(idx))
+                return
+            self._pending += len(idx)
+        sub = primary.select_prepared(prepared, idx)
+        reqs = [requests[where[j]] for j in idx]
+        answers = [results[where[j]] for j in idx]
+        self._executor.submit(self._run, primary, reqs, sub, answers)
+
+    def _run(self, primary: Predictor, requests: list, prepared: Any, answers: list) -> None:
+        try:
+            shadow = self.candidate.shadow_answer(requests, prepared, primary)
+            for a, s in zip(answers, shadow, strict=True):
+                if not isinstance(a, BaseModel) or not isinstance(s, BaseModel):
+                    SHADOW_SKIPPED.labels(self.name, "error_answer").inc()
+                    continue
+                for metric, value in agreement(a, s).items():
+                    SHADOW_METRIC_SUM.labels(self.name, self._version, metric).inc(value)
+                self._m_compared.inc()
+        except Exception as e:  # a failing candidate must never touch production
+            SHADOW_SKIPPED.labels(self.name, "candidate_error").inc(len(requests))
+            log.warning("%s: shadow candidate %s failed: %s", self.name, self._version, e)
+        finally:
+            with self._lock:
+                self._pending -= len(requests)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class Rollout:
+    """One vertical's candidate and its settings; picks the model for each request."""
+
+    def __init__(self, name: str, settings: RolloutSettings, candidate_served: Any,
+                 shadow: ShadowRunner | None, routing_field: str | None):
+        self.name, self.settings = name, settings
+        self.candidate = candidate_served  # a ServedPredictor sharing production's model thread
+        self.shadow = shadow
+        self.key = settings.key or routing_field or f"header:{DEFAULT_HEADER}"
+
+    @property
+    def version(self) -> str:
+        return self.candidate.predictor.bundle.version
+
+    def routing_key(self, request: BaseModel) -> str | None:
+        if self.key.startswith("header:"):
+            headers = request_headers.get() or {}
+            raw = headers.get(self.key[7:].lower().encode())
+            return raw.decode("latin-1") if raw else None
+        value = getattr(request, self.key, None)
+        return None if value is None else str(value)
+
+    def to_candidate(self, request: BaseModel) -> bool:
+        if self.settings.canary <= 0:
+            return False
+        key = self.routing_key(request)
+        return key is not None and bucket(f"{self.name}:{key}") < self.settings.canary

@@ -1,0 +1,131 @@
+"""Shadow and canary of the `candidate` bundle through the real app (toy vertical)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from common.aliases import get_rollout, promote, set_alias, set_rollout
+from common.artifacts import BundleWriter, fingerprint
+from common.cli import main
+from common.errors import InvalidInput, NotFound
+from common.registry import get_vertical
+from common.serving.app import create_app
+from common.serving.prom import render
+from common.serving.rollout import bucket
+from tests.common.toy_vertical import make_net
+
+
+def _other_bundle(root) -> str:
+    """A toy bundle whose weights differ from the default one (a retrained candidate)."""
+    net = make_net()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    w = BundleWriter(root, "toy", "toy-mlp")
+    w.save_weights(net.state_dict())
+    return w.publish("tests.common.toy_vertical.make_net", {"in": 4},
+                     data_fingerprint=fingerprint("toy: candidate")).version
+
+
+@pytest.fixture()
+def store(tmp_path):
+    prod = get_vertical("toy").train_default(tmp_path).version
+    cand = _other_bundle(tmp_path)
+    set_alias(tmp_path, "toy", prod, "production")
+    set_alias(tmp_path, "toy", cand, "candidate")
+    return tmp_path, prod, cand
+
+
+def _sample(name: str, **labels: str) -> float:
+    total = 0.0
+    for line in render()[0].decode().splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def _post(client, i: int, key: str | None = None):
+    headers = {"X-Routing-Key": key} if key else {}
+    r = client.post("/toy/v1/predict", json={"x": [i / 7, 1.0, -0.5, 2.0]}, headers=headers)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+@pytest.mark.slow
+def test_canary_share_and_stickiness(store):
+    root, prod, cand = store
+    set_rollout(root, "toy", canary=0.2)
+    app = create_app(["toy"], root=root, alias_poll_s=0)
+    with TestClient(app) as client:
+        client.portal.call(app.state.follower.check_once)
+        keys = [f"user-{i}" for i in range(2000)]
+        first = {k: _post(client, i, k)["model_version"] for i, k in enumerate(keys)}
+        share = sum(v == cand for v in first.values()) / len(first)
+        assert abs(share - 0.2) <= 0.03, share
+        # the same caller always gets the same model, and the bucket decides which
+        again = {k: _post(client, i + 1, k)["model_version"] for i, k in enumerate(keys[:300])}
+        assert all(again[k] == first[k] for k in again)
+        assert all((first[k] == cand) == (bucket(f"toy:{k}") < 0.2) for k in keys)
+        # no routing key: production
+        assert {_post(client, i)["model_version"] for i in range(20)} == {prod}
+        # request counters carry the version
+        assert _sample("verticals_model_requests_total", model="toy", version=cand) == sum(
+            v == cand for v in first.values()) + sum(v == cand for v in again.values())
+
+
+def test_shadow_never_changes_an_answer_and_reports_agreement(store):
+    root, prod, cand = store
+    plain = create_app(["toy"], root=root, alias_poll_s=0)
+    with TestClient(plain) as client:
+        expected = [_post(client, i) for i in range(200)]
+    set_rollout(root, "toy", shadow=1.0)
+    app = create_app(["toy"], root=root, alias_poll_s=0)
+    compared0 = _sample("verticals_shadow_compared_total", model="toy", candidate=cand)
+    with TestClient(app) as client:
+        client.portal.call(app.state.follower.check_once)
+        assert app.state.follower.rollouts["toy"].shadow is not None
+        got = [_post(client, i) for i in range(200)]
+        assert got == expected  # production answers, value by value
+        app.state.follower.rollouts["toy"].shadow._executor.submit(lambda: None).result()
+    compared = _sample("verticals_shadow_compared_total", model="toy", candidate=cand) - compared0
+    skipped = _sample("verticals_shadow_skipped_total", model="toy")
+    assert compared + skipped >= 200 and compared > 0
+    agree = _sample("verticals_shadow_agreement_total", model="toy", candidate=cand,
+                    metric="label_agreement")
+    delta = _sample("verticals_shadow_agreement_total", model="toy", candidate=cand,
+                    metric="abs_delta_p")
+    assert 0 <= agree <= compared and delta > 0  # the candidate's weights differ
+
+
+def test_promote_turns_the_rollout_off_and_swaps(store):
+    root, prod, cand = store
+    set_rollout(root, "toy", shadow=0.5, canary=0.5)
+    app = create_app(["toy"], root=root, alias_poll_s=0)
+    with TestClient(app) as client:
+        follower = app.state.follower
+        client.portal.call(follower.check_once)
+        assert "toy" in follower.rollouts
+        promote(root, "toy", reason="canary clean")
+        assert get_rollout(root, "toy") == {}
+        assert client.portal.call(follower.check_once) == ["toy"]
+        assert "toy" not in follower.rollouts
+        assert {_post(client, i, f"k{i}")["model_version"] for i in range(50)} == {cand}
+
+
+def test_rollout_bad_input(store, capsys):
+    root, prod, cand = store
+    with pytest.raises(InvalidInput, match="shadow: must be a fraction"):
+        set_rollout(root, "toy", shadow=1.5)
+    with pytest.raises(InvalidInput, match="key"):
+        set_rollout(root, "toy", canary=0.1, key="bad key!")
+    promote(root, "toy")  # no candidate any more
+    with pytest.raises(NotFound, match="no 'candidate' alias"):
+        set_rollout(root, "toy", canary=0.1)
+    assert main(["models", "rollout", "toy", "--canary", "0.1", "--root", str(root)]) == 2
+    assert re.match(r"error: toy has no 'candidate' alias", capsys.readouterr().err)
+    assert main(["models", "rollout", "toy", "--off", "--root", str(root)]) == 0
+    assert capsys.readouterr().out.strip() == "toy: shadow and canary off"
