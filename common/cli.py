@@ -16,6 +16,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -25,6 +26,7 @@ from common.artifacts import default_root, list_bundles, load_bundle
 from common.cli_models import add_models_parser, cmd_models
 from common.errors import VerticalsError
 from common.registry import get_vertical, list_verticals
+from common.tracking import command_run
 
 __all__ = ["main", "build_parser"]
 log = logging.getLogger("verticals")
@@ -140,16 +142,26 @@ def _serve(args, names: list[str]) -> None:
     os.environ["VERTICALS_SERVE_CONFIG"] = json.dumps(cfg)
     if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="verticals-prom-")
-    uvicorn.run(
-        "common.serving.factory:app_from_env",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        log_level="info",
-        access_log=False,
-        timeout_graceful_shutdown=30,
-    )
+    workers_dir = None
+    if args.workers > 1:  # uvicorn replaces a dead worker; /readyz tracks them through this
+        from common.serving.workers import COUNT_ENV, DIR_ENV
+
+        workers_dir = tempfile.mkdtemp(prefix="verticals-workers-")
+        os.environ.update({DIR_ENV: workers_dir, COUNT_ENV: str(args.workers)})
+    try:
+        uvicorn.run(
+            "common.serving.factory:app_from_env",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_level="info",
+            access_log=False,
+            timeout_graceful_shutdown=30,
+        )
+    finally:
+        if workers_dir:
+            shutil.rmtree(workers_dir, ignore_errors=True)
 
 
 def _cmd_demo(args) -> None:
@@ -197,13 +209,19 @@ def _run(args) -> None:
         for n in list_verticals():
             print(f"{n:<18} {get_vertical(n).title}")
     elif args.command == "train":
-        b = get_vertical(args.vertical).train(args)
+        with command_run(args) as run:  # MLflow, when MLFLOW_TRACKING_URI is set
+            b = get_vertical(args.vertical).train(args)
+            if run is not None:
+                run.log_bundle(b)
         print(f"published {b.manifest['vertical']} bundle {b.version} at {b.path}")
         if b.manifest.get("metrics"):
             print(json.dumps(b.manifest["metrics"], indent=2))
     elif args.command == "evaluate":
-        report = get_vertical(args.vertical).evaluate(args)
-        path = write_report(args.out, report)
+        with command_run(args) as run:  # MLflow, when MLFLOW_TRACKING_URI is set
+            report = get_vertical(args.vertical).evaluate(args)
+            path = write_report(args.out, report)
+            if run is not None:
+                run.log_report(report, path, root=args.root)
         print(
             json.dumps(
                 {
@@ -216,7 +234,9 @@ def _run(args) -> None:
         )
     elif args.command == "score":
         from common.batch import score_file
+        from common.batch_io import check_output_path
 
+        check_output_path(Path(args.input), Path(args.output))
         keep = [c for c in args.keep.split(",") if c]
         summary = score_file(
             args.vertical,
@@ -268,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _run(args)
     except VerticalsError as e:
-        print(f"error: {e.message}", file=sys.stderr)
+        print(f"error: {_one_line(e.message)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -276,9 +296,14 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # one readable line; VERTICALS_DEBUG=1 shows the traceback
         if os.environ.get("VERTICALS_DEBUG"):
             raise
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        print(f"error: {type(e).__name__}: {_one_line(str(e))}", file=sys.stderr)
         return 1
     return 0
+
+
+def _one_line(message: str) -> str:
+    # parser messages (pandas, pyarrow) carry newlines; the error is one greppable line
+    return " ".join(message.split())
 
 
 if __name__ == "__main__":

@@ -45,11 +45,23 @@ from common.device import autocast, pick_device, resolve_precision, seed_everyth
 from common.distributed import init_distributed, is_distributed, is_main, rank
 from common.errors import InvalidInput
 
-__all__ = ["TrainConfig", "Trainer", "TrainResult", "claim_work_dir"]
+__all__ = ["TrainConfig", "Trainer", "TrainResult", "claim_work_dir", "observe_epochs"]
 log = logging.getLogger(__name__)
 
 StepFn = Callable[[torch.nn.Module, Any], "torch.Tensor | dict[str, torch.Tensor]"]
 EvalFn = Callable[[torch.nn.Module, DataLoader], dict[str, float]]
+EpochObserver = Callable[["Trainer", dict[str, float]], None]
+# Process-wide, because verticals build their Trainers deep inside `train`/`evaluate`: a command
+# (common.tracking) watches every epoch of whatever Trainers it runs without threading a callback
+# through each vertical.
+_epoch_observers: list[EpochObserver] = []
+
+
+def observe_epochs(observer: EpochObserver) -> Callable[[], None]:
+    """Call `observer(trainer, record)` after every epoch of every Trainer in this process (rank 0
+    only; `record` is the metrics.jsonl line) until the returned function is called."""
+    _epoch_observers.append(observer)
+    return lambda: _epoch_observers.remove(observer)
 
 
 @dataclass
@@ -442,6 +454,9 @@ class Trainer:
                 metrics_file.parent.mkdir(parents=True, exist_ok=True)
                 with open(metrics_file, "a") as f:
                     f.write(json.dumps(record) + "\n")
+            if is_main():
+                for observer in list(_epoch_observers):
+                    observer(self, record)
             if c.patience is not None and self.bad_epochs >= c.patience:
                 stopped_early = True
             self.save_checkpoint()
