@@ -100,9 +100,15 @@ class Predictor(ABC):
         return self.ready
 
     # ---- lifecycle hooks (the server swapping bundles; see common/serving/follow.py) ------
-    def warmup(self) -> None:
-        """Run the model once before it takes traffic (default: nothing). Must not write
-        any state a request would (feature stores, events): it runs beside the live model."""
+    def warmup(self, examples: list[Any] | None = None) -> None:
+        """Run the model once before it takes traffic, off the request path: a bundle that
+        cannot answer its vertical's example requests is refused before it serves. The default
+        answers `examples` (payload dicts) when the predictor writes no state; a stateful one
+        overrides this without touching its store (it runs beside the live model)."""
+        if examples and not self.stateful:
+            for r in self.run_each([self.parse(p) for p in examples]):
+                if isinstance(r, VerticalsError):
+                    raise r
 
     def adopt_state(self, old: Predictor) -> None:
         """Take over the live state of the predictor this one replaces (e.g. a feature store

@@ -132,6 +132,10 @@ class FraudPredictor(Predictor):
                       model_version=self.bundle.version)
                 for i, p, d in zip(ids, probs, self.policy.decide(probs), strict=True)]
 
+    def warmup(self, examples=None) -> None:
+        """The model (trees, net, reasons) on one all-zero feature row: no store involved."""
+        self.answer(np.zeros((1, len(self.features))), [0])
+
     def adopt_state(self, old: Predictor) -> None:
         """Keep serving from the live feature store (histories and labels recorded since the
         server started), not from this bundle's training snapshot. Both bundles must use the

@@ -146,6 +146,7 @@ def create_app(
     follower = AliasFollower(
         served, build_from, root, pinned={*predictors, *(bundles or {})},
         poll_s=DEFAULT_POLL_S if alias_poll_s is None else alias_poll_s,
+        examples={n: [e.payload for e in specs[n].example_requests()] for n in names},
     )
 
     @asynccontextmanager

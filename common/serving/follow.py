@@ -50,8 +50,10 @@ class AliasFollower:
         root: str | Path | None,
         pinned: set[str] | frozenset[str] = frozenset(),
         poll_s: float = DEFAULT_POLL_S,
+        examples: dict[str, list] | None = None,
     ):
         self.served, self.build, self.root = served, build, root
+        self.examples = examples or {}  # vertical -> example payloads for the warm-up
         self.pinned = set(pinned)
         self.poll_s = poll_s
         self._refused: dict[str, tuple[str, float]] = {}
@@ -125,7 +127,7 @@ class AliasFollower:
             return
         try:
             new = await asyncio.to_thread(self.build, name, target)
-            await asyncio.to_thread(new.warmup)
+            await asyncio.to_thread(new.warmup, self.examples.get(name))
         except Exception as e:
             self._refused[f"candidate:{name}"] = stamp
             MODEL_SWAPS.labels(name, "candidate_refused").inc()
@@ -168,7 +170,7 @@ class AliasFollower:
         old = s.predictor
         try:
             new = await asyncio.to_thread(self.build, name, target)
-            await asyncio.to_thread(new.warmup)
+            await asyncio.to_thread(new.warmup, self.examples.get(name))
         except Exception as e:  # BundleError and anything a broken bundle raises in setup
             self._refused[name] = stamp
             MODEL_SWAPS.labels(name, "refused").inc()

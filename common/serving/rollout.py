@@ -23,6 +23,7 @@ import logging
 import os
 import random
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -60,25 +61,30 @@ def bucket(key: str) -> float:
 
 
 def agreement(primary: BaseModel, shadow: BaseModel) -> dict[str, float]:
-    """How far the candidate's answer is from production's, by what the answer carries."""
-    a, b = primary.model_dump(), shadow.model_dump()
+    """How far the candidate's answer is from production's, by what the answer carries
+    (attribute reads, not model_dump: this runs for every shadowed request)."""
     out: dict[str, float] = {}
     for f in ("label", "decision"):
-        if f in a:
-            out[f"{f}_agreement"] = float(a[f] == b.get(f))
-    if isinstance(a.get("probability"), float):
-        out["abs_delta_p"] = abs(a["probability"] - float(b["probability"]))
-    elif isinstance(a.get("probabilities"), dict) and a["probabilities"]:
-        pa, pb = a["probabilities"], b.get("probabilities") or {}
-        out["abs_delta_p"] = sum(abs(v - pb.get(k, 0.0)) for k, v in pa.items()) / len(pa)
-    if isinstance(a.get("items"), list):
-        ka = [i["item_id"] for i in a["items"]]
-        kb = {i["item_id"] for i in b.get("items", [])}
+        if f in type(primary).model_fields:
+            out[f"{f}_agreement"] = float(getattr(primary, f) == getattr(shadow, f, None))
+    p = getattr(primary, "probability", None)
+    probs = getattr(primary, "probabilities", None)
+    if isinstance(p, float):
+        out["abs_delta_p"] = abs(p - float(shadow.probability))
+    elif isinstance(probs, dict) and probs:
+        other = getattr(shadow, "probabilities", None) or {}
+        out["abs_delta_p"] = sum(abs(v - other.get(k, 0.0)) for k, v in probs.items()) / len(
+            probs)
+    items = getattr(primary, "items", None) if "items" in type(primary).model_fields else None
+    if isinstance(items, list):
+        ka = [i.item_id for i in items]
+        kb = {i.item_id for i in getattr(shadow, "items", [])}
         out["overlap_at_k"] = len(kb.intersection(ka)) / len(ka) if ka else 1.0
-    if isinstance(a.get("translation"), str):
+    text = getattr(primary, "translation", None)
+    if isinstance(text, str):
         from sacrebleu.metrics import CHRF
 
-        out["chrf"] = CHRF().sentence_score(b["translation"], [a["translation"]]).score
+        out["chrf"] = CHRF().sentence_score(shadow.translation, [text]).score
     return out
 
 
@@ -92,18 +98,42 @@ def _lower_priority() -> None:
 
 
 class ShadowRunner:
-    """The candidate answering sampled requests in its own thread, off the request path."""
+    """The candidate answering sampled requests in its own thread, off the request path.
 
-    def __init__(self, name: str, candidate: Predictor, fraction: float, max_pending: int = 256):
+    Two bounds keep it from slowing production down: at most `max_pending` requests handed
+    over and not yet compared (`behind`), and at most `cpu_share` of one core spent on shadow
+    work over the last second (`budget`; $VERTICALS_SHADOW_CPU_SHARE, default 0.1): on a
+    saturated machine every Python-level step of the shadow competes with the server's event
+    loop for the interpreter lock, so past its budget the shadow samples fewer requests, and
+    `verticals_shadow_skipped_total` says how many.
+    """
+
+    def __init__(self, name: str, candidate: Predictor, fraction: float, max_pending: int = 256,
+                 cpu_share: float | None = None):
         self.name, self.candidate, self.fraction = name, candidate, fraction
         self.max_pending = max_pending  # requests handed over and not yet compared
+        self.cpu_share = cpu_share if cpu_share is not None else float(
+            os.environ.get("VERTICALS_SHADOW_CPU_SHARE", "0.1"))
         self._pending = 0
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"shadow-{name}",
                                             initializer=_lower_priority)
         self._version = candidate.bundle.version
         self._m_compared = SHADOW_COMPARED.labels(name, self._version)
+        self._m_skipped = {r: SHADOW_SKIPPED.labels(name, r)
+                           for r in ("behind", "budget", "candidate_error", "error_answer")}
+        self._m_metric: dict[str, Any] = {}
         self._rng = random.Random()
+        self._window_start = time.monotonic()
+        self._window_cpu = 0.0  # shadow thread CPU seconds in the current window
+
+    def _over_budget(self) -> bool:
+        now = time.monotonic()
+        elapsed = now - self._window_start
+        if elapsed >= 1.0:  # a new one-second window
+            self._window_start, self._window_cpu = now, 0.0
+            return False
+        return self._window_cpu > self.cpu_share * max(elapsed, 0.05)
 
     def offer(self, primary: Predictor, requests: list, where: list[int], prepared: Any,
               results: list) -> None:
@@ -111,9 +141,12 @@ class ShadowRunner:
         idx = [j for j in range(len(where)) if self._rng.random() < self.fraction]
         if not idx:
             return
+        if self._over_budget():
+            self._m_skipped["budget"].inc(len(idx))
+            return
         with self._lock:
             if self._pending + len(idx) > self.max_pending:
-                SHADOW_SKIPPED.labels(self.name, "behind").inc(len(idx))
+                self._m_skipped["behind"].inc(len(idx))
                 return
             self._pending += len(idx)
         sub = primary.select_prepared(prepared, idx)
@@ -122,19 +155,32 @@ class ShadowRunner:
         self._executor.submit(self._run, primary, reqs, sub, answers)
 
     def _run(self, primary: Predictor, requests: list, prepared: Any, answers: list) -> None:
+        t0 = time.thread_time()
         try:
             shadow = self.candidate.shadow_answer(requests, prepared, primary)
+            sums: dict[str, float] = {}
+            compared = bad = 0
             for a, s in zip(answers, shadow, strict=True):
                 if not isinstance(a, BaseModel) or not isinstance(s, BaseModel):
-                    SHADOW_SKIPPED.labels(self.name, "error_answer").inc()
+                    bad += 1
                     continue
                 for metric, value in agreement(a, s).items():
-                    SHADOW_METRIC_SUM.labels(self.name, self._version, metric).inc(value)
-                self._m_compared.inc()
+                    sums[metric] = sums.get(metric, 0.0) + value
+                compared += 1
+            for metric, total in sums.items():  # one update per batch, not per request
+                child = self._m_metric.get(metric)
+                if child is None:
+                    child = self._m_metric[metric] = SHADOW_METRIC_SUM.labels(
+                        self.name, self._version, metric)
+                child.inc(total)
+            self._m_compared.inc(compared)
+            if bad:
+                self._m_skipped["error_answer"].inc(bad)
         except Exception as e:  # a failing candidate must never touch production
-            SHADOW_SKIPPED.labels(self.name, "candidate_error").inc(len(requests))
+            self._m_skipped["candidate_error"].inc(len(requests))
             log.warning("%s: shadow candidate %s failed: %s", self.name, self._version, e)
         finally:
+            self._window_cpu += time.thread_time() - t0
             with self._lock:
                 self._pending -= len(requests)
 

@@ -10,6 +10,7 @@ from common.artifacts import WEIGHTS
 from common.registry import get_vertical
 from common.serving.app import create_app
 from common.serving.prom import render
+from tests.common.toy_vertical import ToyPredictor
 
 
 def _versions(client: TestClient, n: int = 5) -> set[str]:
@@ -45,7 +46,9 @@ def test_serve_prefers_production_then_follows_it(store):
         assert _versions(client) == {v1}  # production, not the latest (v3)
         assert client.portal.call(follower.check_once) == []  # nothing moved
         set_alias(root, "toy", v2, "production")
+        ToyPredictor.calls.clear()
         swapped = client.portal.call(follower.check_once)
+        assert ToyPredictor.calls == [1]  # warmed up on the vertical's example, off requests
         assert swapped == ["toy"] and _versions(client) == {v2}
         assert _metric("verticals_model_swaps_total", model="toy", outcome="swapped") >= 1
         assert _metric("verticals_model_version_info", model="toy", version=v2) == 1

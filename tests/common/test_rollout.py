@@ -15,7 +15,7 @@ from common.errors import InvalidInput, NotFound
 from common.registry import get_vertical
 from common.serving.app import create_app
 from common.serving.prom import render
-from common.serving.rollout import bucket
+from common.serving.rollout import agreement, bucket
 from tests.common.toy_vertical import make_net
 
 
@@ -77,7 +77,8 @@ def test_canary_share_and_stickiness(store):
             v == cand for v in first.values()) + sum(v == cand for v in again.values())
 
 
-def test_shadow_never_changes_an_answer_and_reports_agreement(store):
+def test_shadow_never_changes_an_answer_and_reports_agreement(store, monkeypatch):
+    monkeypatch.setenv("VERTICALS_SHADOW_CPU_SHARE", "1.0")  # compare every request here
     root, prod, cand = store
     plain = create_app(["toy"], root=root, alias_poll_s=0)
     with TestClient(plain) as client:
@@ -129,3 +130,41 @@ def test_rollout_bad_input(store, capsys):
     assert re.match(r"error: toy has no 'candidate' alias", capsys.readouterr().err)
     assert main(["models", "rollout", "toy", "--off", "--root", str(root)]) == 0
     assert capsys.readouterr().out.strip() == "toy: shadow and canary off"
+
+
+def test_agreement_reads_what_each_answer_carries():
+    from fraud_detection.schemas import Score
+    from nlp.translation_predictor import TranslationResponse
+    from recommender.schemas import RecommendResponse
+
+    def rec(ids):
+        return RecommendResponse(user_id="u", items=[{"item_id": i, "score": 1.0} for i in ids],
+                                 model="ease", model_version="v")
+
+    assert agreement(rec(["a", "b", "c", "d"]), rec(["b", "a", "x", "y"])) == {
+        "overlap_at_k": 0.5}
+    f = Score(transaction_id=1, probability=0.9, decision="block", reasons=[], model_version="v")
+    g = Score(transaction_id=1, probability=0.6, decision="review", reasons=[], model_version="w")
+    assert agreement(f, g) == pytest.approx({"decision_agreement": 0.0, "abs_delta_p": 0.3})
+    fields = {"source_lang": "en", "target_lang": "de", "model_version": "v", "segments": 1,
+              "truncated": False}
+    t = TranslationResponse(translation="Ein Hund läuft.", **fields)
+    same = agreement(t, TranslationResponse(translation="Ein Hund läuft.", **fields))
+    other = agreement(t, TranslationResponse(translation="Eine Katze schläft.", **fields))
+    assert same["chrf"] == pytest.approx(100.0) and other["chrf"] < 50
+
+
+def test_shadow_past_its_cpu_budget_samples_less(store):
+    root, prod, cand = store
+    from common.serving.rollout import ShadowRunner
+    from tests.common.toy_vertical import ToyPredictor
+
+    primary = ToyPredictor.load(root / "toy" / prod)
+    runner = ShadowRunner("toy", ToyPredictor.load(root / "toy" / cand), 1.0, cpu_share=0.0)
+    runner._window_cpu = 1.0  # as if the shadow had just used its whole second
+    before = _sample("verticals_shadow_skipped_total", model="toy", reason="budget")
+    requests = [primary.parse({"x": [i, 0.0, 0.0, 1.0]}) for i in range(8)]
+    primary.run_each(requests, shadow=runner)
+    after = _sample("verticals_shadow_skipped_total", model="toy", reason="budget")
+    assert after - before == 8
+    runner.close()

@@ -72,7 +72,9 @@ def test_swap_keeps_the_live_feature_store(two_bundles, tmp_path):
     assert ref.predict(txs[40:]) == after
 
 
-def test_shadow_never_records_twice_and_never_changes_an_answer(two_bundles, tmp_path):
+def test_shadow_never_records_twice_and_never_changes_an_answer(two_bundles, tmp_path,
+                                                               monkeypatch):
+    monkeypatch.setenv("VERTICALS_SHADOW_CPU_SHARE", "1.0")  # compare every request here
     src, prod, cand = two_bundles
     txs = _transactions()
     plain_root = _store_copy(src, tmp_path / "plain", prod, cand)
