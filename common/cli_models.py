@@ -33,6 +33,7 @@ from common.artifacts import Bundle, list_bundles, load_bundle
 from common.errors import InvalidInput, NotFound
 from common.gate import add_gate_args, run_gate
 from common.registry import get_vertical, list_verticals
+from common.reports import flatten
 
 __all__ = ["add_models_parser", "cmd_models", "load_ref"]
 
@@ -101,14 +102,6 @@ def load_ref(ref: str, root: str | Path | None) -> Bundle:
     return load_bundle(ref)
 
 
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix: d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
-    return out
-
 
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
@@ -123,7 +116,7 @@ def _diff(a: Bundle, b: Bundle) -> str:
         va, vb = a.manifest.get(key), b.manifest.get(key)
         rows.append((key + ("" if va == vb else " *"), _fmt(va), _fmt(vb)))
     for section in ("model", "metrics"):
-        fa, fb = _flat(a.manifest.get(section, {})), _flat(b.manifest.get(section, {}))
+        fa, fb = flatten(a.manifest.get(section, {})), flatten(b.manifest.get(section, {}))
         for key in sorted(set(fa) | set(fb)):
             va, vb = fa.get(key), fb.get(key)
             if section == "model" and va == vb:

@@ -41,6 +41,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from common.reports import flatten
+
 __all__ = ["ENV", "enabled", "experiment_name", "command_run", "TrackedRun", "mirror_aliases"]
 log = logging.getLogger(__name__)
 
@@ -110,14 +112,6 @@ def _key(k: str) -> str:
     return _KEY_BAD.sub("_", k)[:250]
 
 
-def _flat(d: Any, prefix: str) -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix: d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
-    return out
-
 
 def _param_value(v: Any) -> str:
     s = v if isinstance(v, str) else json.dumps(v, default=str)
@@ -125,7 +119,7 @@ def _param_value(v: Any) -> str:
 
 
 def _numbers(d: dict[str, Any]) -> dict[str, float]:
-    return {_key(k): float(v) for k, v in _flat(d, "").items()
+    return {_key(k): float(v) for k, v in flatten(d).items()
             if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
@@ -158,7 +152,7 @@ class TrackedRun:
         """Flattened, stringified; a key already logged in this run keeps its first value."""
         from mlflow.entities import Param
 
-        flat = {_key(k): v for k, v in _flat(params, "").items() if v is not None}
+        flat = {_key(k): v for k, v in flatten(params).items() if v is not None}
         fresh = [Param(k, _param_value(v)) for k, v in flat.items() if k not in self._params]
         for i in range(0, len(fresh), _BATCH):
             with _guard("log params"):

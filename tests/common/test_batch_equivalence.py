@@ -66,17 +66,6 @@ def test_resumed_run_equals_clean_run(clean, tmp_path, monkeypatch):
     assert rejects(s) == want_rejects
 
 
-@pytest.fixture(scope="session")
-def ray_session():
-    """One local Ray for the session (its start costs seconds); actors find the test vertical."""
-    import ray  # a missing Ray fails the test, never skips it
-    if not ray.is_initialized():
-        env = {"PYTHONPATH": str(ROOT), "VERTICALS_EXTRA_PLUGINS": "tests.common.toy_vertical",
-               "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": env})
-    yield ray
-    ray.shutdown()
 
 
 @pytest.mark.slow

@@ -191,17 +191,6 @@ def test_resume_on_a_shared_redis_store(days, clean, fraud_root, tmp_path, monke
     assert len(recorded) == len(job) and recorded.is_unique
 
 
-@pytest.fixture(scope="session")
-def ray_session():
-    """One local Ray for the session (its start costs seconds)."""
-    import ray  # a missing Ray fails the test, never skips it
-    if not ray.is_initialized():
-        env = {"PYTHONPATH": str(ROOT), "VERTICALS_EXTRA_PLUGINS": "tests.common.toy_vertical",
-               "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": env})
-    yield ray
-    ray.shutdown()
 
 
 @pytest.mark.slow
