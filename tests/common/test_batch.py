@@ -119,7 +119,7 @@ def test_cli_errors_are_one_line_and_nonzero(tmp_path, toy_root):
 
 @pytest.mark.slow
 def test_ray_engine_matches_local(tmp_path, toy_root, monkeypatch):
-    import ray  # noqa: F401  a core dependency: missing Ray fails the test, never skips it
+    import ray  # a core dependency: a missing Ray fails the test, never skips it
     monkeypatch.setenv("VERTICALS_EXTRA_PLUGINS", "tests.common.toy_vertical")
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
     df = frame(300)
@@ -130,7 +130,6 @@ def test_ray_engine_matches_local(tmp_path, toy_root, monkeypatch):
     assert local["rejected"] == 1
     ray_s = score_file("toy", src, tmp_path / "ray.parquet", root=toy_root, chunk_size=64,
                        engine="ray", ray_actors=2)
-    import ray
 
     ray.shutdown()
     assert (ray_s["read"], ray_s["scored"], ray_s["rejected"]) == (300, 299, 1)
