@@ -8,7 +8,11 @@ rollout setting is per store, read by every server on it). Two servers (our serv
 from its store, so it follows aliases: bench/_rollout_servers.py) run side by side; a separate
 client process (bench/_rollout_load.py, closed loop) drives one at a time, in interleaved
 rounds whose order alternates; medians over rounds. The shadow server's /metrics then tell how
-many requests the shadow compared and how many it skipped (it sheds load when behind).
+many requests the shadow compared and how many it skipped (it sheds load when behind). The
+candidate answers in its own process (common/serving/shadow_proc.py; `--shadow-in thread` for
+the in-thread runner); per round the bench also reads the CPU seconds of each server process,
+and of the shadow's process, per answered request (`server_cpu_us_per_req`): unlike req/s and
+p99, that ratio barely moves when other work shares the machine.
 Swap pause: under the same load against the shadow-off server, `production` moves to the
 candidate (`set_alias`); from every response's completion time and answering model, the
 longest gap between responses from the move until 1 s after the new model's first answer, next
@@ -150,13 +154,42 @@ def make_stores(case_fn: Callable[[Path, Path], Case], work: Path) -> tuple[Case
     return case, stores
 
 
+# ---- CPU seconds of the server and of its shadow process (noise-proof next to req/s) -------------
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of one process (0 when it is gone)."""
+    try:
+        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(f[11]) + int(f[12])) / _TICK
+
+
+def shadow_pids(parent: int) -> list[int]:
+    """The server's shadow processes (common.serving.shadow_proc)."""
+    out = []
+    for d in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        try:
+            if (d.isdigit() and b"shadow_proc" in Path(f"/proc/{d}/cmdline").read_bytes()
+                    and int(Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                    == parent):
+                out.append(int(d))
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
 # ---- servers, client, metrics ------------------------------------------------------------
-def start(name: str, case: Case, store: Path, work: Path, poll_s: float) -> _proc.Server:
+def start(name: str, case: Case, store: Path, work: Path, a: argparse.Namespace
+          ) -> _proc.Server:
     port = _proc.free_port()
     cmd = _proc.uvicorn_cmd("", port)  # the same uvicorn settings as bench/serving.py
     cmd[cmd.index("bench._servers:")] = "bench._rollout_servers:rollout_app"
     env = {**SERVER_ENV, "BENCH_VERTICAL": case.vertical, "BENCH_BUNDLE_ROOT": str(store),
-           "VERTICALS_ALIAS_POLL_S": str(poll_s)}
+           "VERTICALS_ALIAS_POLL_S": str(a.poll_s),
+           "VERTICALS_SHADOW_PROCESS": "1" if a.shadow_in == "process" else "0"}
     return _proc.Server(f"{case.name}-{name}", cmd, port, "/readyz", env, work)
 
 
@@ -243,6 +276,66 @@ def wait_shadow(case: Case, port: int, timeout_s: float) -> float:
     raise TimeoutError(f"{case.name}: the shadow server compared nothing after {timeout_s}s")
 
 
+# ---- the shadow's cost to the server process, without HTTP -----------------------------------
+def shadow_cost(case: Case, store: Path, batch: int, seconds: float) -> dict:
+    """CPU seconds of this process per request for production batches alone, and with each
+    shadow runner at 100%: the share of the shadow's work that lands in the server process
+    (where it competes with the event loop for the interpreter lock). The in-thread runner
+    runs without its CPU budget here, to show its whole cost."""
+    import torch
+
+    from common.registry import get_vertical
+    from common.serving.rollout import ShadowRunner
+    from common.serving.shadow_proc import ShadowProcess
+
+    torch.set_num_threads(1)  # as the servers (BENCH_TORCH_THREADS=1) and the shadow process
+    cls = get_vertical(case.vertical).predictor_cls
+    primary = cls.load(store / case.vertical / case.production)
+    candidate = cls.load(store / case.vertical / case.candidate)
+    stream = iter(range(10**9))
+
+    def body() -> dict:
+        if case.body_file is not None:
+            return json.loads(case.body_file.read_bytes())
+        return json.loads(fraud_body(5_000_000 + next(stream), seed=7))
+
+    out: dict = {"batch_size": batch}
+    runners = {"none": None, "thread": ShadowRunner(f"{case.name}-cost-thread", candidate, 1.0,
+                                                    max_pending=10**9, cpu_share=1e9),
+               "process": ShadowProcess(f"{case.name}-cost-process", candidate, 1.0,
+                                        max_pending=10**9)}
+    try:
+        runners["process"].wait_ready(120)
+        out["process_mode"] = runners["process"].mode
+        for name in ("none", "thread", "process", "none"):  # `none` twice: drift check
+            r, n, t_end = runners[name], 0, time.monotonic() + seconds
+            c0, k0 = time.process_time(), _child_cpu(r)
+            while time.monotonic() < t_end:
+                primary.run_each([primary.parse(body()) for _ in range(batch)], shadow=r)
+                n += batch
+                if r is not None and n % (batch * 32) == 0:
+                    r.drain(60)  # all compared: the cost of every request, none skipped
+            if r is not None:
+                r.drain(60)
+            key = name if name not in out else f"{name}_again"
+            out[key] = {"server_cpu_us_per_req": round((time.process_time() - c0) / n * 1e6, 1),
+                        "shadow_proc_cpu_us_per_req": round((_child_cpu(r) - k0) / n * 1e6, 1),
+                        "requests": n}
+    finally:
+        for r in runners.values():
+            if r is not None:
+                r.close()
+    base = (out["none"]["server_cpu_us_per_req"] + out["none_again"]["server_cpu_us_per_req"]) / 2
+    out["added_server_cpu_us_per_req"] = {
+        m: round(out[m]["server_cpu_us_per_req"] - base, 1) for m in ("thread", "process")}
+    return out
+
+
+def _child_cpu(runner) -> float:
+    p = getattr(runner, "_proc", None)
+    return cpu_s(p.pid) if p is not None else 0.0
+
+
 # ---- the swap pause ----------------------------------------------------------------------
 def max_gap_ms(t: np.ndarray, lo: float, hi: float) -> float | None:
     sel = t[(t >= lo) & (t <= hi)]
@@ -304,7 +397,10 @@ def bench_case(name: str, a: argparse.Namespace) -> dict:
         work = Path(tmp)
         case, stores = make_stores(mlp_case if name == "mlp" else fraud_case, work)
         print(f"[{name}] stores ready after {time.time() - t0:.0f}s", file=sys.stderr)
-        servers = {n: start(n, case, stores[n], work, a.poll_s) for n in ("off", "shadow")}
+        cost = shadow_cost(case, stores["off"], batch=8, seconds=1.0 if a.quick else 3.0)
+        print(f"[{name}] server CPU added per request by a 100% shadow (no HTTP): "
+              f"{cost['added_server_cpu_us_per_req']} µs", file=sys.stderr)
+        servers = {n: start(n, case, stores[n], work, a) for n in ("off", "shadow")}
         try:
             for s in servers.values():
                 s.wait_ready()
@@ -313,9 +409,19 @@ def bench_case(name: str, a: argparse.Namespace) -> dict:
             rounds: dict[str, list[dict]] = {"off": [], "shadow": []}
             for i in range(a.repeats):
                 for n in ("off", "shadow") if i % 2 == 0 else ("shadow", "off"):
+                    pid = servers[n].proc.pid
+                    kids = shadow_pids(pid)
+                    c0, k0 = cpu_s(pid), sum(cpu_s(k) for k in kids)
                     r = run_client(case, n, servers[n].port, a, a.duration)
-                    rounds[n].append({k: r[k] for k in ("rps", "p50_ms", "p99_ms", "ok", "other",
-                                                        "window_s", "client_cpu_us_per_req")})
+                    c1, k1 = cpu_s(pid), sum(cpu_s(k) for k in kids)
+                    # over warm-up and window, per request answered in the window (a ratio
+                    # between the two servers; both see the same load shape)
+                    r["server_cpu_us_per_req"] = round((c1 - c0) / max(r["ok"], 1) * 1e6, 1)
+                    r["shadow_proc_cpu_us_per_req"] = round((k1 - k0) / max(r["ok"], 1) * 1e6, 1)
+                    rounds[n].append({k: r[k] for k in (
+                        "rps", "p50_ms", "p99_ms", "ok", "other", "window_s",
+                        "client_cpu_us_per_req", "server_cpu_us_per_req",
+                        "shadow_proc_cpu_us_per_req")})
                     print(f"[{name}] round {i + 1} {n}: {r['rps']} req/s, p99 {r['p99_ms']} ms"
                           f"{' other: ' + str(r['other']) if r['other'] else ''}",
                           file=sys.stderr)
@@ -334,8 +440,14 @@ def bench_case(name: str, a: argparse.Namespace) -> dict:
             for s in servers.values():
                 s.stop()
     res = {n: median_result(rounds[n]) for n in ("off", "shadow")}
+    for n in res:
+        for k in ("server_cpu_us_per_req", "shadow_proc_cpu_us_per_req"):
+            res[n][k] = round(float(np.median([r[k] for r in rounds[n]])), 1)
     ratios = {"shadow_vs_off": round(res["shadow"]["rps"] / res["off"]["rps"], 3),
-              "p99_shadow_vs_off": round(res["shadow"]["p99_ms"] / res["off"]["p99_ms"], 3)}
+              "p99_shadow_vs_off": round(res["shadow"]["p99_ms"] / res["off"]["p99_ms"], 3),
+              "server_cpu_shadow_vs_off": round(res["shadow"]["server_cpu_us_per_req"]
+                                                / max(res["off"]["server_cpu_us_per_req"], 1e-9),
+                                                3)}
     return {
         **case.describe,
         "versions": {"production": case.production, "candidate": case.candidate},
@@ -345,6 +457,7 @@ def bench_case(name: str, a: argparse.Namespace) -> dict:
                       "p99": ratios["p99_shadow_vs_off"] <= GOALS["p99_shadow_vs_off_max"]},
         "shadow": {**shadow, "candidate_on_after_s": shadow_on_s,
                    "compared_by_shadow_off_server": off_check},
+        "shadow_cost_in_process": cost,
         "swap": swap,
         "duration_s": round(time.time() - t0, 1),
     }
@@ -360,6 +473,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=None, help="interleaved rounds (default 3)")
     ap.add_argument("--warmup", type=float, default=None, help="seconds discarded per run")
     ap.add_argument("--duration", type=float, default=None, help="measured seconds per round")
+    ap.add_argument("--shadow-in", choices=("process", "thread"), default="process",
+                    help="where the candidate answers: its own process (the default) or a "
+                         "thread of the server (VERTICALS_SHADOW_PROCESS=0)")
     ap.add_argument("--poll-s", type=float, default=1.0,
                     help="VERTICALS_ALIAS_POLL_S of the servers (how often they read the store)")
     a = ap.parse_args(argv)
@@ -377,6 +493,7 @@ def main(argv: list[str] | None = None) -> None:
         "settings": {
             "concurrency": a.concurrency, "warmup_s": a.warmup, "duration_s": a.duration,
             "repeats": a.repeats, "alias_poll_s": a.poll_s, "quick": a.quick,
+            "shadow_in": a.shadow_in,
             "swap_window": f"from the alias move to {SWAP_MARGIN_S}s after the first answer of "
                            "the new model; the no-swap window is as long, ending "
                            f"{SWAP_MARGIN_S / 4}s before the move (clipped to the measured run)",

@@ -24,12 +24,13 @@ from common.aliases import get_aliases, get_rollout, serving_ref
 from common.artifacts import MANIFEST
 from common.predictor import Predictor
 from common.serving.prom import MODEL_SWAPS, MODEL_VERSION
-from common.serving.rollout import Rollout, RolloutSettings, ShadowRunner
+from common.serving.rollout import Rollout, RolloutSettings, make_shadow
 from common.serving.served import ServedPredictor
 
 __all__ = ["AliasFollower", "DEFAULT_POLL_S"]
 log = logging.getLogger(__name__)
 DEFAULT_POLL_S = float(os.environ.get("VERTICALS_ALIAS_POLL_S", "2.0"))
+SHADOW_START_S = 120.0  # a shadow process not ready by then counts requests as `starting`
 
 
 def _stamp(path: Path) -> tuple[str, float]:
@@ -118,9 +119,11 @@ class AliasFollower:
             return
         target = Path(self.root or ".") / name / version
         if cur is not None and cur.version == version:
-            if cur.settings != settings:  # new shares: same loaded candidate
-                await self._drop_rollout(name, keep_candidate=True)
-                self._install(name, s, cur.candidate, settings)
+            dead = getattr(cur.shadow, "dead", False)  # its process exited: start another
+            if cur.settings != settings or dead:  # new shares: same candidate and shadow
+                keep = cur.shadow if settings.shadow > 0 and not dead else None
+                await self._drop_rollout(name, keep_candidate=True, keep_shadow=keep)
+                await self._install(name, s, cur.candidate, settings, keep)
             return
         stamp = _stamp(target)
         if self._refused.get(f"candidate:{name}") == stamp:
@@ -140,28 +143,33 @@ class AliasFollower:
         cs = ServedPredictor(new, max_batch_size=s.max_batch_size,
                              max_wait_ms=s.max_wait_s * 1e3, max_queue=s.max_queue,
                              timeout_s=s.timeout_s, executor=s._executor, candidate=True)
+        cs.monitor = s.monitor  # canary answers are logged and monitored under their version
         await cs.start()
-        self._install(name, s, cs, settings)
+        await self._install(name, s, cs, settings)
         log.warning("%s: candidate %s on (shadow %.0f%%, canary %.0f%%)",
                     name, version, 100 * settings.shadow, 100 * settings.canary)
 
-    def _install(self, name: str, s: ServedPredictor, cs: ServedPredictor,
-                 settings: RolloutSettings) -> None:
-        shadow = (ShadowRunner(name, cs.predictor, settings.shadow)
-                  if settings.shadow > 0 else None)
+    async def _install(self, name: str, s: ServedPredictor, cs: ServedPredictor,
+                       settings: RolloutSettings, shadow=None) -> None:
+        if shadow is not None:
+            shadow.fraction = settings.shadow
+        elif settings.shadow > 0:  # its process loads the candidate: off the event loop
+            shadow = await asyncio.to_thread(make_shadow, name, cs.predictor, settings.shadow)
+            await asyncio.to_thread(shadow.wait_ready, SHADOW_START_S)
         self.rollouts[name] = Rollout(name, settings, cs, shadow,
                                       type(s.predictor).routing_field)
         s.shadow = shadow
 
-    async def _drop_rollout(self, name: str, keep_candidate: bool = False) -> None:
+    async def _drop_rollout(self, name: str, keep_candidate: bool = False,
+                            keep_shadow=None) -> None:
         r = self.rollouts.pop(name, None)
         if r is None:
             return
         s = self.served.get(name)
         if s is not None and s.shadow is r.shadow:
             s.shadow = None
-        if r.shadow is not None:
-            r.shadow.close()
+        if r.shadow is not None and r.shadow is not keep_shadow:
+            await asyncio.to_thread(r.shadow.close)  # waits for its process to exit
         if not keep_candidate:
             await r.candidate.stop(drain=True)
             log.warning("%s: candidate %s off", name, r.version)

@@ -1,7 +1,9 @@
 """Shadow and canary: a vertical's `candidate` bundle beside its `production` one.
 
-- **Shadow**: a sampled share of requests is also answered by the candidate in its own thread,
-  after the production answer is out; the candidate's answer is never returned, and it writes no
+- **Shadow**: a sampled share of requests is also answered by the candidate in its own process
+  (`common.serving.shadow_proc.ShadowProcess`; in a thread, `ShadowRunner`, when the process
+  cannot start or $VERTICALS_SHADOW_PROCESS=0), after the production answer is out; the
+  candidate's answer is never returned, and it writes no
   state (`Predictor.shadow_answer`: a stateful predictor scores the production model's prepared
   inputs instead of recording the request again). Agreement is exported per vertical
   (`verticals_shadow_*`): label/decision agreement and mean |Δp| for classifiers, overlap@k for
@@ -34,7 +36,8 @@ from common.predictor import Predictor
 from common.serving.middleware import request_headers
 from common.serving.prom import SHADOW_COMPARED, SHADOW_METRIC_SUM, SHADOW_SKIPPED
 
-__all__ = ["RolloutSettings", "Rollout", "ShadowRunner", "agreement", "bucket"]
+__all__ = ["RolloutSettings", "Rollout", "ShadowRunner", "agreement", "bucket", "compare",
+           "make_shadow"]
 log = logging.getLogger(__name__)
 
 DEFAULT_HEADER = "X-Routing-Key"
@@ -53,6 +56,21 @@ class RolloutSettings:
     @property
     def active(self) -> bool:
         return self.shadow > 0 or self.canary > 0
+
+
+def admit(runner: Any, n: int, lock: Any) -> bool:
+    """Take `n` sampled requests into a shadow runner's pending count, or drop and count them:
+    over the runner's CPU budget, or more pending than `max_pending` (a shadow never queues
+    without bound)."""
+    if runner._over_budget():
+        runner._m_skipped["budget"].inc(n)
+        return False
+    with lock:
+        if runner._pending + n > runner.max_pending:
+            runner._m_skipped["behind"].inc(n)
+            return False
+        runner._pending += n
+    return True
 
 
 def bucket(key: str) -> float:
@@ -88,6 +106,31 @@ def agreement(primary: BaseModel, shadow: BaseModel) -> dict[str, float]:
     return out
 
 
+def compare(answers: list, shadow: list) -> tuple[int, int, dict[str, float]]:
+    """One batch: (compared, pairs with an error on either side, agreement sums). The one
+    comparison for both runners, so a thread and a process give the same numbers."""
+    sums: dict[str, float] = {}
+    compared = bad = 0
+    for a, s in zip(answers, shadow, strict=True):
+        if not isinstance(a, BaseModel) or not isinstance(s, BaseModel):
+            bad += 1
+            continue
+        for metric, value in agreement(a, s).items():
+            sums[metric] = sums.get(metric, 0.0) + value
+        compared += 1
+    return compared, bad, sums
+
+
+def make_shadow(name: str, candidate: Predictor, fraction: float) -> Any:
+    """The candidate's shadow: in a child process (see `common.serving.shadow_proc`) unless
+    $VERTICALS_SHADOW_PROCESS is 0, then in a thread of this process."""
+    if os.environ.get("VERTICALS_SHADOW_PROCESS", "1") == "0":
+        return ShadowRunner(name, candidate, fraction)
+    from common.serving.shadow_proc import ShadowProcess
+
+    return ShadowProcess(name, candidate, fraction)
+
+
 def _lower_priority() -> None:
     """The shadow thread runs at a lower OS priority: on a busy machine the scheduler gives
     production's threads the CPU first (Linux: per-thread nice)."""
@@ -98,7 +141,8 @@ def _lower_priority() -> None:
 
 
 class ShadowRunner:
-    """The candidate answering sampled requests in its own thread, off the request path.
+    """The candidate answering sampled requests in a thread of the server, off the request
+    path (the fallback of `shadow_proc.ShadowProcess`).
 
     Two bounds keep it from slowing production down: at most `max_pending` requests handed
     over and not yet compared (`behind`), and at most `cpu_share` of one core spent on shadow
@@ -141,14 +185,8 @@ class ShadowRunner:
         idx = [j for j in range(len(where)) if self._rng.random() < self.fraction]
         if not idx:
             return
-        if self._over_budget():
-            self._m_skipped["budget"].inc(len(idx))
+        if not admit(self, len(idx), self._lock):
             return
-        with self._lock:
-            if self._pending + len(idx) > self.max_pending:
-                self._m_skipped["behind"].inc(len(idx))
-                return
-            self._pending += len(idx)
         sub = primary.select_prepared(prepared, idx)
         reqs = [requests[where[j]] for j in idx]
         answers = [results[where[j]] for j in idx]
@@ -158,15 +196,7 @@ class ShadowRunner:
         t0 = time.thread_time()
         try:
             shadow = self.candidate.shadow_answer(requests, prepared, primary)
-            sums: dict[str, float] = {}
-            compared = bad = 0
-            for a, s in zip(answers, shadow, strict=True):
-                if not isinstance(a, BaseModel) or not isinstance(s, BaseModel):
-                    bad += 1
-                    continue
-                for metric, value in agreement(a, s).items():
-                    sums[metric] = sums.get(metric, 0.0) + value
-                compared += 1
+            compared, bad, sums = compare(answers, shadow)
             for metric, total in sums.items():  # one update per batch, not per request
                 child = self._m_metric.get(metric)
                 if child is None:
@@ -183,6 +213,16 @@ class ShadowRunner:
             self._window_cpu += time.thread_time() - t0
             with self._lock:
                 self._pending -= len(requests)
+
+    def wait_ready(self, timeout_s: float = 0.0) -> bool:
+        return True  # the candidate is already loaded in this process
+
+    def drain(self, timeout_s: float = 30.0) -> bool:
+        """Until everything handed over has been compared."""
+        t_end = time.monotonic() + timeout_s
+        while self._pending and time.monotonic() < t_end:
+            time.sleep(0.005)
+        return not self._pending
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

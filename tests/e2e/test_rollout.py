@@ -1,6 +1,8 @@
 """Zero-downtime rollout on a real server with 2 workers: under steady load, three moves of the
 `production` alias (one to a bundle that cannot load) give no non-2xx response, every response
-names a version live at the time, the broken bundle is never served, and both workers follow."""
+names a version live at the time, the broken bundle is never served, and both workers follow.
+And the shadow's own process: replaced when the candidate changes, gone after the server stops
+(SIGTERM) and after the server is killed (SIGKILL)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -18,7 +21,7 @@ import pytest
 from safetensors.torch import save_file
 
 import tests.common.toy_vertical  # noqa: F401
-from common.aliases import set_alias
+from common.aliases import set_alias, set_rollout
 from common.artifacts import MANIFEST, WEIGHTS, _sha256
 from common.registry import get_vertical
 from tests.e2e.test_server import ROOT, free_port, post
@@ -132,3 +135,88 @@ def test_alias_moves_under_load_with_two_workers(tmp_path):
         if sent >= live[k][1]:
             allowed = {live[k][2]}
         assert v in allowed, (sent, received, v, allowed)
+
+
+# ---- the shadow process ------------------------------------------------------------------------
+def _shadow_children(parent: int) -> set[int]:
+    """Live shadow processes (common.serving.shadow_proc) whose parent is `parent`."""
+    out = set()
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            cmd = open(f"/proc/{d}/cmdline", "rb").read()
+            stat = open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if b"common.serving.shadow_proc" in cmd and int(stat[1]) == parent and stat[0] != "Z":
+            out.add(int(d))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # exited, waiting for whoever adopted it to reap it
+
+
+def _wait(pred, limit_s: float, what: str):
+    t_end = time.monotonic() + limit_s
+    while time.monotonic() < t_end:
+        got = pred()
+        if got:
+            return got
+        time.sleep(0.1)
+    raise AssertionError(f"not within {limit_s}s: {what}")
+
+
+def _compared(base: str, candidate: str) -> float:
+    """Posts one request; returns how many the shadow of `candidate` has compared so far."""
+    assert post(base, {"x": [1.0, 1.0, 2.0, 3.0]})[0] == 200
+    text = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
+    m = re.search(rf'verticals_shadow_compared_total{{candidate="{candidate}",model="toy"}} '
+                  r"(\S+)", text)
+    return float(m.group(1)) if m else 0.0
+
+
+def _serve_with_shadow(root):
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "VERTICALS_ALIAS_POLL_S": "0.3",
+           "VERTICALS_EXTRA_PLUGINS": "tests.common.toy_vertical"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "common.cli", "serve", "--verticals", "toy", "--root", str(root),
+         "--port", str(port)], env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True)
+    child = _wait(lambda: _shadow_children(proc.pid), 120, "a shadow process")
+    assert len(child) == 1
+    return proc, f"http://127.0.0.1:{port}", child.pop()
+
+
+def test_shadow_process_follows_the_candidate_and_never_outlives_the_server(tmp_path):
+    toy = get_vertical("toy")
+    v1, v2, v3 = (toy.train_default(tmp_path).version for _ in range(3))
+    set_alias(tmp_path, "toy", v1, "production")
+    set_alias(tmp_path, "toy", v2, "candidate")
+    set_rollout(tmp_path, "toy", shadow=1.0)
+    proc, base, first = _serve_with_shadow(tmp_path)
+    try:
+        _wait(lambda: _compared(base, v2), 60, "the shadow comparing answers")
+        set_alias(tmp_path, "toy", v3, "candidate")  # a new candidate: a new process
+        second = _wait(lambda: _shadow_children(proc.pid) - {first}, 120, "a second process")
+        assert not _alive(first) and len(second) == 1
+        _wait(lambda: _compared(base, v3), 60, "the new shadow comparing answers")
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not _alive(second.pop())  # stopped with the server, not orphaned
+
+    killed, _, child = _serve_with_shadow(tmp_path)
+    killed.kill()  # no shutdown hook runs: the child sees its socket close, or its parent go
+    killed.wait()
+    _wait(lambda: not _alive(child), 10, f"shadow process {child} exiting after SIGKILL")

@@ -89,7 +89,7 @@ def test_shadow_never_records_twice_and_never_changes_an_answer(two_bundles, tmp
             answers[name] = _score_all(client, txs)
             if name == "shadow":
                 shadow = app.state.follower.rollouts["fraud"].shadow
-                shadow._executor.submit(lambda: None).result()  # let it finish
+                assert shadow.drain(30)  # let it finish
                 cand_store = app.state.follower.rollouts["fraud"].candidate.predictor.store
             snapshots[name] = app.state.served["fraud"].predictor.store.snapshot()
     assert answers["shadow"] == answers["plain"]
