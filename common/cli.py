@@ -7,6 +7,8 @@ verticals evaluate fraud --protocol handbook --data DIR --out report.json
 verticals serve --verticals fraud,recommender --port 8000 --workers 2
 verticals score fraud day.parquet scores.parquet [--engine ray]
 verticals models list | show fraud/production | alias | promote | rollback | history | diff
+verticals monitor fraud --log DIR --out report.html   drift and performance from the log
+verticals retrain fraud --log DIR --gate               candidate from logged labels, gated
 verticals explain medical scan.dcm --out overlay.png
 """
 
@@ -24,6 +26,7 @@ from pathlib import Path
 
 from common.artifacts import default_root, list_bundles, load_bundle
 from common.cli_models import add_models_parser, cmd_models
+from common.cli_monitor import add_monitor_parsers, cmd_monitor, cmd_retrain
 from common.errors import VerticalsError
 from common.registry import get_vertical, list_verticals
 from common.tracking import command_run
@@ -116,8 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--host", default="127.0.0.1")
     sp.add_argument("--port", type=int, default=8000)
     sp.add_argument("--workers", type=int, default=1)
+    sp.add_argument("--log-dir", default=None,
+                    help="prediction log and feedback directory (default: $VERTICALS_LOG_DIR, "
+                         "else <root>/_monitoring); must be writable")
 
     add_models_parser(sub, _common)
+    add_monitor_parsers(sub, _common)
 
     dp = sub.add_parser("demo", help="train missing default models, then serve all verticals")
     _common(dp)
@@ -138,8 +145,16 @@ def build_parser() -> argparse.ArgumentParser:
 def _serve(args, names: list[str]) -> None:
     import uvicorn
 
+    from common.monitoring.monitor import MonitorSettings
+    from common.monitoring.predlog import check_writable
+
     cfg = {"verticals": names, "root": args.root, "device": args.device}
     os.environ["VERTICALS_SERVE_CONFIG"] = json.dumps(cfg)
+    log_dir = getattr(args, "log_dir", None)
+    if log_dir:  # every worker reads it from the environment
+        os.environ["VERTICALS_LOG_DIR"] = str(log_dir)
+    settings = MonitorSettings.from_env(args.root)  # bad settings fail here, with one line
+    check_writable(settings.log_dir)  # before any worker starts: refuse with one line
     if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="verticals-prom-")
     workers_dir = None
@@ -268,6 +283,10 @@ def _run(args) -> None:
         _serve(args, names)
     elif args.command == "models":
         cmd_models(args)
+    elif args.command == "monitor":
+        cmd_monitor(args)
+    elif args.command == "retrain":
+        cmd_retrain(args)
     elif args.command == "demo":
         _cmd_demo(args)
     elif args.command == "explain":

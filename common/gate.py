@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 from common.aliases import get_aliases
-from common.artifacts import load_bundle
+from common.artifacts import Bundle, load_bundle
 from common.errors import InvalidInput, NotFound
 from common.registry import get_vertical
 
@@ -59,12 +60,15 @@ def _line(who: str, version: str, metric: str, scores: dict[str, float]) -> str:
 
 
 def run_gate(
-    root: str | Path, vertical: str, args: argparse.Namespace
+    root: str | Path, vertical: str, args: argparse.Namespace,
+    score: Callable[[Bundle], dict[str, float]] | None = None, data_note: str | None = None,
 ) -> tuple[str, dict[str, str]]:
     """Score production and candidate on args.gate; print one line per bundle. Returns the
     history reason (the caller's reason plus both values) and the aliases that were scored
     (for `promote(expect=...)`) when the candidate passes; raises InvalidInput naming the
-    metric, both values and the margin when it does not."""
+    metric, both values and the margin when it does not. `score` replaces the vertical's
+    `gate_score` on args.gate (e.g. `verticals retrain` scores held-out log rows), described
+    in the history by `data_note`."""
     v = get_vertical(vertical)
     metric = v.gate_metric
     if metric is None:
@@ -72,7 +76,10 @@ def run_gate(
     margin = check_margin(args.margin)
     if args.limit is not None and args.limit < 1:
         raise InvalidInput("limit", f"must be >= 1, got {args.limit}")
-    data = Path(args.gate)  # each vertical's loader says what is missing or does not fit
+    data = Path(args.gate) if score is None else None  # each loader says what does not fit
+    if score is None:
+        def score(bundle: Bundle) -> dict[str, float]:
+            return v.gate_score(bundle, data, args)
     before = get_aliases(root, vertical)
     cand = before.get("candidate")
     if cand is None:
@@ -83,7 +90,7 @@ def run_gate(
         if version is None:
             continue
         bundle = load_bundle(Path(root) / vertical / version, vertical=vertical)
-        scores = v.gate_score(bundle, data, args)
+        scores = score(bundle)
         values[who] = _metric(scores, metric, who)
         print(_line(who, version, metric, scores), flush=True)
     # scoring takes a while: promote only what was scored
@@ -101,4 +108,4 @@ def run_gate(
         raise InvalidInput("gate", f"candidate {metric} {c:.4f} is below production {p:.4f} by "
                                    f"{p - c:.4f} (margin {margin:.4f}); not promoted")
     return (f"{user_reason} [gate {metric}: candidate {c:.4f} vs production {p:.4f}, "
-            f"margin {margin:.4f}, data {data}]").strip(), before
+            f"margin {margin:.4f}, data {data_note or data}]").strip(), before

@@ -146,6 +146,17 @@ class Predictor(ABC):
             return self.run_each(requests)
         return [self.encode(o) for o in self.predict_prepared(prepared)]
 
+    # ---- monitoring (common/monitoring) ------------------------------------------------------
+    def monitor_record(self, request: BaseModel, output: Any, response: BaseModel
+                       ) -> dict[str, Any] | None:
+        """What the prediction log keeps of one answered item, or None (the default: this
+        predictor does not monitor). `output` is the raw `predict_batch` output (it may carry
+        more than `encode` keeps). Return {"id": business id or None, "features": {name:
+        float | str | list[float]} (names as in the bundle's profile), "score": float | None,
+        "probs": list[float] | None, "prediction": str | None}. PHI-free, and cheap: it runs
+        on the serving path."""
+        return None
+
     # ---- conveniences shared by REST, batch and library users ----------------------------
     def info(self) -> dict[str, Any]:
         m = self.bundle.manifest
@@ -172,11 +183,13 @@ class Predictor(ABC):
         return [self.encode(o) for o in outputs]
 
     def run_each(
-        self, requests: list[BaseModel], shadow: Any = None
+        self, requests: list[BaseModel], shadow: Any = None, monitor: Any = None
     ) -> list[BaseModel | VerticalsError]:
         """Like `run`, but a request that fails `decode` gets its own error and the others are
         still answered (used by the batcher and the batch job). A `shadow`
-        (`common.serving.rollout.ShadowRunner`) is offered the batch once it is answered."""
+        (`common.serving.rollout.ShadowRunner`) is offered the batch once it is answered, and
+        so is a `monitor` hook: `monitor(self, requests, where, outputs, results)`
+        (`common.monitoring.Monitor.bind`)."""
         if not self.ready:
             raise NotReady(f"{self.vertical} predictor is not set up")
         results: list[BaseModel | VerticalsError | None] = [None] * len(requests)
@@ -197,6 +210,8 @@ class Predictor(ABC):
                     results[i] = self.encode(o)
                 except VerticalsError as e:
                     results[i] = e
+            if monitor is not None:
+                monitor(self, requests, where, outputs, results)
             if shadow is not None:
                 shadow.offer(self, requests, where, prepared, results)
         return results  # type: ignore[return-value]

@@ -44,6 +44,10 @@ class Vertical(ABC):
     protocols: ClassVar[tuple[str, ...]] = ()
     # True: `train`/`evaluate` take --work-dir (Trainer checkpoints, resumable long runs)
     resumable_training: ClassVar[bool] = False
+    # what common/monitoring estimates and realises for this vertical: "binary",
+    # "multiclass", "ranking" or "translation"; None: not monitored (a bundle profile's own
+    # "task" takes precedence)
+    monitor_task: ClassVar[str | None] = None
 
     # ---- serving ------------------------------------------------------------------------
     @abstractmethod
@@ -95,6 +99,19 @@ class Vertical(ABC):
         from common.errors import InvalidInput
 
         raise InvalidInput("gate", f"{self.name} has no gate")
+
+    # ---- closed loop (`verticals retrain V --log DIR`, common/monitoring/retrain.py) -------
+    can_retrain_from_log: ClassVar[bool] = False
+
+    def retrain_from_log(self, rows: pd.DataFrame, base: Bundle, root: Path) -> Bundle:
+        """Train and publish a candidate from labelled prediction-log rows in time order (log
+        columns, `f_<feature>` inputs, `label` as JSON text), starting from `base`'s
+        configuration."""
+        raise NotImplementedError(f"{self.name}: retraining from the log is not supported yet")
+
+    def score_logged(self, bundle: Bundle, rows: pd.DataFrame) -> dict[str, float]:
+        """An existing bundle's metrics (holding `gate_metric`) on labelled log rows."""
+        raise NotImplementedError(f"{self.name}: scoring logged rows is not supported yet")
 
     # ---- batch scoring ------------------------------------------------------------------
     def add_score_args(self, parser: argparse.ArgumentParser) -> None:

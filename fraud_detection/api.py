@@ -10,6 +10,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from common.serving.openapi import model_errors
+from fraud_detection.monitoring import forward_feedback
 from fraud_detection.schemas import (
     BatchRequest,
     BatchResponse,
@@ -50,6 +51,7 @@ def build_router(served) -> APIRouter:
     async def labels(req: LabelsRequest):
         pairs = [(lab.transaction_id, lab.fraud) for lab in req.labels]
         updated, unknown = await served.call(served.predictor.apply_labels, pairs)
-        return LabelsResponse(updated=updated, unknown=unknown)
+        fed = await forward_feedback(served, [{"id": str(t), "label": f} for t, f in pairs])
+        return LabelsResponse(updated=updated, unknown=unknown, feedback=fed)
 
     return router

@@ -26,6 +26,8 @@ import pandas as pd
 
 from common.artifacts import Bundle, BundleWriter, fingerprint
 from common.errors import InvalidInput
+from common.monitoring.profile import PROFILE_FILE
+from fraud_detection import monitoring
 from fraud_detection.decision import DecisionPolicy
 from fraud_detection.features import ALL_FEATURES, DAY, compute_features, to_cents, to_seconds
 from fraud_detection.model import XGB_DEFAULTS, Blend, PlattCalibrator, choose_blend
@@ -145,6 +147,12 @@ def train_and_publish(
         "train_period": [str(df["TX_DATETIME"].min()), str(df["TX_DATETIME"].max())],
     }
     w.add_json("fraud_config.json", config)
+    w.add_json(PROFILE_FILE, monitoring.build_profile(
+        x[cal_rows], ALL_FEATURES, to_seconds(df["TX_DATETIME"])[cal_rows], probs, {
+            "roc_auc": metrics["calib_roc_auc"],
+            "average_precision": metrics["calib_average_precision"],
+            "ece": metrics["calib_ece"],
+            "accuracy": float(((probs >= 0.5) == y[cal_rows]).mean())}))
     return w.publish(
         "fraud_detection.model.make_xgb",
         {"features": ALL_FEATURES, "delay_days": delay_days,

@@ -27,6 +27,7 @@ from common.predictor import Predictor
 from fraud_detection.decision import DecisionPolicy
 from fraud_detection.explain import BundleScorer, top_reasons
 from fraud_detection.features import derive, stack_aggregates, to_cents
+from fraud_detection.monitoring import record_features
 from fraud_detection.schemas import Score, Transaction
 from fraud_detection.store import FeatureStore, MemoryStore, RedisStore, Tx
 
@@ -113,7 +114,19 @@ class FraudPredictor(Predictor):
         return self.features_of(items), [tx.transaction_id for tx in items]
 
     def predict_prepared(self, prepared: tuple[np.ndarray, list[int]]) -> list[dict[str, Any]]:
-        return self.answer(*prepared) if len(prepared[1]) else []
+        if not len(prepared[1]):
+            return []
+        out = self.answer(*prepared)
+        for o, row in zip(out, prepared[0], strict=True):
+            o["_x"] = row  # the feature row, for monitor_record (encode drops it)
+        return out
+
+    def monitor_record(self, request: Transaction, output: dict[str, Any],
+                       response: Score) -> dict[str, Any]:
+        """The monitored inputs (fraud_detection.monitoring), P(fraud) and the decision."""
+        feats = record_features(output["_x"], self.features, self.decode(request).seconds)
+        return {"id": str(request.transaction_id), "features": feats,
+                "score": response.probability, "probs": None, "prediction": response.decision}
 
     def select_prepared(self, prepared, idx: list[int]) -> tuple[np.ndarray, list[int]]:
         x, ids = prepared

@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from common.fields import JSON_NUMBER, Id, Timestamp
+from common.monitoring.feedback import FeedbackResult
 
 __all__ = ["Transaction", "Reason", "Score", "BatchRequest", "BatchResponse", "Label",
            "LabelsRequest", "LabelsResponse", "MAX_BATCH", "MAX_AMOUNT"]
@@ -69,3 +70,5 @@ class LabelsRequest(BaseModel):
 class LabelsResponse(BaseModel):
     updated: int
     unknown: list[int] = Field(description="ids no longer (or never) in the feature store")
+    feedback: FeedbackResult | None = Field(
+        None, description="the same labels as monitoring feedback; null when monitoring is off")

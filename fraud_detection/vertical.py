@@ -63,6 +63,7 @@ class FraudVertical(Vertical):
     title = "card-transaction fraud scoring (XGBoost + feed-forward blend, online feature store)"
     predictor_cls = FraudPredictor
     protocols = ("handbook",)
+    monitor_task = "binary"  # P(fraud); see fraud_detection/monitoring.py
 
     def build_router(self, served):
         from fraud_detection.api import build_router
@@ -132,6 +133,19 @@ class FraudVertical(Vertical):
         from fraud_detection.gate import gate_score
 
         return gate_score(bundle, data)
+
+    # ---- closed loop (`verticals retrain fraud --log DIR`, fraud_detection/retrain.py) ----
+    can_retrain_from_log = True
+
+    def retrain_from_log(self, rows: pd.DataFrame, base: Bundle, root: Path) -> Bundle:
+        from fraud_detection.retrain import retrain_from_log
+
+        return retrain_from_log(rows, base, root)
+
+    def score_logged(self, bundle: Bundle, rows: pd.DataFrame) -> dict[str, float]:
+        from fraud_detection.retrain import score_logged
+
+        return score_logged(bundle, rows)
 
     # ---- batch scoring -------------------------------------------------------------------
     def add_score_args(self, parser: argparse.ArgumentParser) -> None:

@@ -18,6 +18,7 @@ __all__ = [
     "encode",
     "bucket_length",
     "batched_logits",
+    "batched_outputs",
 ]
 
 
@@ -106,7 +107,6 @@ def bucket_length(n: int, step: int = 16) -> int:
     return ((n + step - 1) // step) * step
 
 
-@torch.no_grad()
 def batched_logits(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -115,8 +115,23 @@ def batched_logits(
     batch_size: int = 64,
 ) -> np.ndarray:
     """Logits (N, C) for pre-tokenised inputs, run in length buckets."""
+    return batched_outputs(model, tokenizer, ids, device, batch_size, pooled=False)[0]
+
+
+@torch.no_grad()
+def batched_outputs(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    ids: Sequence[Sequence[int]],
+    device: torch.device,
+    batch_size: int = 64,
+    pooled: bool = True,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Logits (N, C) and, with `pooled`, the mean of the last hidden states over each text's
+    tokens (N, H): monitoring's embedding, from the same forward pass (no extra compute)."""
     model.eval()
     out = np.zeros((len(ids), model.config.num_labels), dtype=np.float32)
+    emb: np.ndarray | None = None
     buckets: dict[int, list[int]] = {}
     for i, seq in enumerate(ids):
         buckets.setdefault(bucket_length(len(seq)), []).append(i)
@@ -129,9 +144,15 @@ def batched_logits(
                 max_length=length,
                 return_tensors="pt",
             )
-            logits = model(
-                input_ids=batch["input_ids"].to(device),
-                attention_mask=batch["attention_mask"].to(device),
-            ).logits
-            out[idx] = logits.float().cpu().numpy()
-    return out
+            mask = batch["attention_mask"].to(device)
+            res = model(input_ids=batch["input_ids"].to(device), attention_mask=mask,
+                        output_hidden_states=pooled)
+            out[idx] = res.logits.float().cpu().numpy()
+            if pooled:
+                h = res.hidden_states[-1].float()
+                m = mask.unsqueeze(-1).float()
+                mean = ((h * m).sum(1) / m.sum(1).clamp(min=1)).cpu().numpy()
+                if emb is None:
+                    emb = np.zeros((len(ids), mean.shape[1]), dtype=np.float32)
+                emb[idx] = mean
+    return out, emb

@@ -11,7 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from common.calibration import apply_temperature
 from common.predictor import Predictor
 from nlp.hf import rebuild
-from nlp.sentiment_model import batched_logits, encode
+from nlp.monitoring import first_row, sentiment_features
+from nlp.sentiment_model import batched_outputs, encode
 
 __all__ = [
     "SentimentRequest",
@@ -24,14 +25,18 @@ __all__ = [
 
 MAX_CHARS = 10_000  # a hard limit (422); below it, long texts are truncated to max_length tokens
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_CHARS)]
+TEXT_ID_DOC = ("your id for this text (1..128 characters): echoed, logged, and the id to send "
+               "its true label to /sentiment/v1/feedback by")
 
 
 class SentimentRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     text: Text = Field(description="the text to classify (1..10,000 characters)")
+    text_id: str | None = Field(None, min_length=1, max_length=128, description=TEXT_ID_DOC)
 
 
 class SentimentResponse(BaseModel):
+    text_id: str | None = Field(None, description="the request's text_id, echoed")
     label: str
     probabilities: dict[str, float] = Field(description="calibrated, one per label, sum to 1")
     num_tokens: int = Field(description="tokens in the text incl. special tokens, before cutting")
@@ -80,10 +85,10 @@ class SentimentPredictor(Predictor):
     def predict_batch(self, items: list[SentimentRequest]) -> list[dict[str, Any]]:
         texts = [r.text for r in items]
         ids, counts = encode(self.tokenizer, texts, self.max_length)
-        logits = batched_logits(self.model, self.tokenizer, ids, self.device)
+        logits, emb = batched_outputs(self.model, self.tokenizer, ids, self.device)
         probs = apply_temperature(logits, self.temperature)
         out = []
-        for p, n in zip(probs, counts, strict=True):
+        for r, p, n, seq, e in zip(items, probs, counts, ids, emb, strict=True):
             # 6 decimals: stable JSON, and no float noise between runtimes in the answer
             rounded = {lab: round(float(v), 6) for lab, v in zip(self.labels, p, strict=True)}
             out.append({
@@ -93,5 +98,21 @@ class SentimentPredictor(Predictor):
                 "truncated": n > self.max_length,
                 "max_tokens": self.max_length,
                 "model_version": self.bundle.version,
+                "text_id": r.text_id,
+                # for monitor_record (encode drops them): what the model read, its embedding
+                "_ids": seq,
+                "_embedding": e,
             })
         return out
+
+    def monitor_record(self, request: SentimentRequest, output: dict[str, Any],
+                       response: SentimentResponse) -> dict[str, Any]:
+        """Token count, unknown-token rate, truncation, pooled embedding (nlp.monitoring);
+        the score is P(positive)."""
+        feats = first_row(sentiment_features([output["_ids"]], [response.num_tokens],
+                                             self.max_length, self.tokenizer.unk_token_id,
+                                             output["_embedding"][None]))
+        probs = [response.probabilities[lab] for lab in self.labels]
+        score = probs[1] if len(probs) == 2 else max(probs)  # P(classes[1]) when binary
+        return {"id": request.text_id, "features": feats, "score": score, "probs": probs,
+                "prediction": response.label}

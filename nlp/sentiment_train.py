@@ -18,10 +18,12 @@ from common.calibration import apply_temperature, fit_temperature
 from common.device import seed_everything
 from common.errors import InvalidInput
 from common.metrics import accuracy, expected_calibration_error, macro_f1
+from common.monitoring.profile import PROFILE_FILE
 from common.train import TrainConfig, Trainer, claim_work_dir
 from nlp.batching import GroupedBatches, first
 from nlp.hf import HF_DIR
-from nlp.sentiment_model import batched_logits, encode, load_backbone
+from nlp.monitoring import sentiment_features, sentiment_profile
+from nlp.sentiment_model import batched_logits, batched_outputs, encode, load_backbone
 
 __all__ = ["SentimentConfig", "SentimentFit", "fit_sentiment", "publish_sentiment", "label_space"]
 log = logging.getLogger(__name__)
@@ -72,6 +74,7 @@ class SentimentFit:
     history: list[dict[str, float]] = field(default_factory=list)
     train_size: int = 0
     train_seconds: float = 0.0
+    profile: dict[str, Any] | None = None  # monitoring's reference (validation texts)
 
 
 def _sort_key(v: str) -> tuple[int, Any]:
@@ -122,7 +125,7 @@ def fit_sentiment(
     model, tok = load_backbone(cfg.backbone, classes, [texts[i] for i in tr])
     if cfg.freeze_word_embeddings and cfg.backbone != "tiny":
         model.get_input_embeddings().weight.requires_grad_(False)
-    ids, _ = encode(tok, texts, cfg.max_length)
+    ids, counts = encode(tok, texts, cfg.max_length)
 
     def make_batch(idx: np.ndarray) -> dict[str, torch.Tensor]:
         b = tok.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
@@ -164,7 +167,7 @@ def fit_sentiment(
     # the Trainer only needs len() of val data to call eval_fn; eval_fn reads val_ids itself
     result = trainer.fit(train_ds, _Sized(len(va)))
     model.eval()
-    logits = batched_logits(model, tok, val_ids, trainer.device)
+    logits, emb = batched_outputs(model, tok, val_ids, trainer.device)
     temp = fit_temperature(logits, y[va])
     probs = apply_temperature(logits, temp)
     val_metrics = {
@@ -174,8 +177,12 @@ def fit_sentiment(
         "val_ece_uncalibrated": expected_calibration_error(apply_temperature(logits, 1.0), y[va]),
     }
     model.cpu()
+    cols = sentiment_features(val_ids, [counts[i] for i in va], cfg.max_length,
+                              tok.unk_token_id, emb)
+    profile = sentiment_profile(cols, probs, classes, {
+        "accuracy": val_metrics["val_accuracy"], "ece": val_metrics["val_ece"]})
     return SentimentFit(model, tok, classes, temp, cfg, val_metrics, result.history,
-                        len(tr), time.time() - t0)
+                        len(tr), time.time() - t0, profile)
 
 
 class _Sized(torch.utils.data.Dataset):
@@ -198,6 +205,8 @@ def publish_sentiment(
         w.save_weights(fit.model.state_dict())
         fit.model.config.save_pretrained(w.dir / HF_DIR)
         fit.tokenizer.save_pretrained(w.dir / HF_DIR)
+        if fit.profile is not None:
+            w.add_json(PROFILE_FILE, fit.profile)
         w.add_json("sentiment.json", {
             "labels": fit.labels,
             "temperature": fit.temperature,

@@ -4,22 +4,25 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, StringConstraints
 
 from common.artifacts import Bundle, fingerprint
 from common.errors import InvalidInput
+from common.monitoring.feedback import FeedbackResult, class_labels
 from common.registry import register_vertical
 from common.serving.openapi import model_errors
 from common.vertical import ExampleRequest, Vertical
 from nlp.data import load_labelled
 from nlp.embedded import sentiment_examples
 from nlp.http_schemas import ONE_TEXT_OR_TEXTS, absent_by_default, http_text, one_text_or_texts
+from nlp.monitoring import SentimentFeedbackRequest
 from nlp.sentiment_eval import evaluate_sentiment
 from nlp.sentiment_predictor import (
     MAX_CHARS,
+    TEXT_ID_DOC,
     SentimentPredictor,
     SentimentRequest,
     SentimentResponse,
@@ -29,13 +32,19 @@ from nlp.sentiment_train import SentimentConfig, fit_sentiment, publish_sentimen
 __all__ = ["SentimentVertical", "SentimentHTTPRequest", "SentimentBatchResponse"]
 MAX_TEXTS = 256
 HttpText = http_text(MAX_CHARS)
+TextId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+
+
+# `text_id` names one `text`: a list of `texts` is logged under its request id
+_ONE_TEXT_OR_TEXTS = {**ONE_TEXT_OR_TEXTS, "not": {"required": ["texts", "text_id"]}}
 
 
 class SentimentHTTPRequest(BaseModel):
     """Either one `text` (answer: one result) or `texts` (answer: {"results": [...]})."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra=ONE_TEXT_OR_TEXTS)
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_ONE_TEXT_OR_TEXTS)
     text: HttpText = absent_by_default(description="one text (1..10,000 characters)")
+    text_id: TextId = absent_by_default(description=TEXT_ID_DOC)
     texts: list[HttpText] = absent_by_default(min_length=1, max_length=MAX_TEXTS,
                                               description="up to 256 texts, answered in order")
 
@@ -48,6 +57,7 @@ class SentimentBatchResponse(BaseModel):
 class SentimentVertical(Vertical):
     title = "sentiment classification (fine-tuned MiniLM, calibrated)"
     predictor_cls = SentimentPredictor
+    monitor_task = "binary"  # P(positive); a multi-class bundle's profile says "multiclass"
     protocols = ("holdout",)
     resumable_training = True
 
@@ -59,11 +69,29 @@ class SentimentVertical(Vertical):
         async def sentiment(req: SentimentHTTPRequest):
             one_text_or_texts(req.text, req.texts)
             if req.text is not None:
-                return await served.predict(SentimentRequest(text=req.text))
+                return await served.predict(SentimentRequest(text=req.text, text_id=req.text_id))
+            if req.text_id is not None:
+                raise InvalidInput("text_id", "names one `text`; not allowed with `texts`")
             results = await served.predict_many([SentimentRequest(text=t) for t in req.texts])
             return SentimentBatchResponse(results=results)
 
-        return router
+        top = APIRouter(tags=["nlp"])
+        top.include_router(router)
+
+        @top.post("/sentiment/v1/feedback", response_model=FeedbackResult,
+                  operation_id="sentimentFeedback", responses=model_errors(),
+                  summary="True labels of earlier sentiment answers")
+        async def feedback(req: SentimentFeedbackRequest):
+            """Labels after the fact, joined to the prediction log by text_id or request id
+            (monitoring's realised accuracy); unknown ids are counted, never an error."""
+            return await served.feedback(
+                class_labels(req.feedback, list(served.predictor.labels)))
+
+        return top
+
+    def openapi_schema_updates(self, predictor: SentimentPredictor) -> dict[str, Any]:
+        """Feedback labels are the served bundle's class names."""
+        return {"SentimentFeedbackItem": {"label": {"enum": list(predictor.labels)}}}
 
     def example_requests(self) -> list[ExampleRequest]:
         out = []

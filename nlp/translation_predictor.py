@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from common.errors import InvalidInput
 from common.predictor import Predictor
 from nlp.hf import rebuild
+from nlp.monitoring import first_row, length_ratio, source_stats, translation_features
 from nlp.segment import split_sentences, split_to_fit
 from nlp.sentiment_model import bucket_length
 
@@ -120,6 +121,15 @@ class TranslationPredictor(Predictor):
                     hit[i] = not ended and len(seq) - 1 >= max_new
                     outs[i] = tok.decode(seq, skip_special_tokens=True).strip()
         return outs, hit
+
+    def monitor_record(self, request: TranslationRequest, output: dict[str, Any],
+                       response: TranslationResponse) -> dict[str, Any]:
+        """Source token count and unknown-token rate, output truncation (nlp.monitoring); the
+        score is the output/input length ratio, the prediction the translation."""
+        counts, unks = source_stats(self.tokenizer, self.prefix, [request.text])
+        feats = first_row(translation_features(counts, unks, [response.truncated]))
+        return {"id": None, "features": feats, "probs": None, "prediction": response.translation,
+                "score": length_ratio(request.text, response.translation)}
 
     def predict_batch(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         results: list[dict[str, Any]] = []

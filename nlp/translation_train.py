@@ -16,6 +16,7 @@ import torch
 from common.artifacts import Bundle, BundleWriter, fingerprint
 from common.device import seed_everything
 from common.errors import InvalidInput
+from common.monitoring.profile import PROFILE_FILE
 from common.train import TrainConfig, Trainer, claim_work_dir
 from nlp.batching import GroupedBatches, first
 from nlp.hf import HF_DIR
@@ -81,6 +82,7 @@ class TranslationFit:
     train_seconds: float = 0.0
     best_val_loss: float | None = None
     averaged_epochs: int = 0
+    profile: dict[str, Any] | None = None  # monitoring's reference (validation sentences)
 
 
 def _pairs_dataset(tok: Any, src: Sequence[str], tgt: Sequence[str], cfg: TranslationConfig,
@@ -121,7 +123,8 @@ def fit_translation(
         tok = train_bpe([*src, *tgt], size.vocab)
         model = marian_from_scratch(tok, size)
     if cfg.epochs <= 0:  # package a ready checkpoint as a bundle, no training
-        return TranslationFit(model.eval(), tok, cfg, [], 0, time.time() - t0)
+        return TranslationFit(model.eval(), tok, cfg, [], 0, time.time() - t0,
+                              profile=_profile(model.eval(), tok, cfg, val))
     train_ds = _pairs_dataset(tok, src, tgt, cfg, cfg.seed)
     val_ds = _pairs_dataset(tok, val[0], val[1], cfg, 0) if val else None
     smoothing = cfg.label_smoothing
@@ -156,7 +159,20 @@ def fit_translation(
     result = trainer.fit(train_ds, val_ds)
     model.cpu().eval()
     return TranslationFit(model, tok, cfg, result.history, len(src), time.time() - t0,
-                          result.best_metric, result.averaged_epochs)
+                          result.best_metric, result.averaged_epochs,
+                          _profile(model, tok, cfg, val))
+
+
+def _profile(model: Any, tok: Any, cfg: TranslationConfig,
+             val: tuple[Sequence[str], Sequence[str]] | None) -> dict[str, Any] | None:
+    """Monitoring's reference from the validation pairs; None without them (the bundle then
+    serves with monitoring off, saying why)."""
+    if not val or not len(val[0]):
+        return None
+    from nlp.monitoring import translation_reference
+
+    return translation_reference(model, tok, val[0], val[1], prefix=cfg.source_prefix,
+                                 num_beams=cfg.num_beams, max_new_tokens=cfg.max_new_tokens)
 
 
 def publish_translation(fit: TranslationFit, root: str | Path | None, data_fp: str,
@@ -169,6 +185,8 @@ def publish_translation(fit: TranslationFit, root: str | Path | None, data_fp: s
         w.save_weights(fit.model.state_dict())
         fit.model.config.save_pretrained(w.dir / HF_DIR)
         fit.tokenizer.save_pretrained(w.dir / HF_DIR)
+        if fit.profile is not None:
+            w.add_json(PROFILE_FILE, fit.profile)
         w.add_json("translation.json", {
             "src": c.src, "tgt": c.tgt, "max_source_tokens": c.max_source_tokens,
             "num_beams": c.num_beams, "max_new_tokens": c.max_new_tokens,

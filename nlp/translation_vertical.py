@@ -12,12 +12,14 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from common.artifacts import Bundle, fingerprint
 from common.errors import InvalidInput
 from common.fields import JSON_INT
+from common.monitoring.feedback import FeedbackResult
 from common.registry import register_vertical
 from common.serving.openapi import model_errors
 from common.vertical import ExampleRequest, Vertical
 from nlp.data import parallel_file, read_parallel
 from nlp.embedded import parallel_phrases
 from nlp.http_schemas import ONE_TEXT_OR_TEXTS, absent_by_default, http_text, one_text_or_texts
+from nlp.monitoring import TranslationFeedbackRequest
 from nlp.translation_eval import evaluate_translation
 from nlp.translation_predictor import (
     MAX_CHARS,
@@ -57,6 +59,7 @@ class TranslateBatchResponse(BaseModel):
 class TranslationVertical(Vertical):
     title = "machine translation (Marian seq2seq, beam search)"
     predictor_cls = TranslationPredictor
+    monitor_task = "translation"  # score: output/input length ratio (nlp/monitoring.py)
     protocols = ("multi30k",)
     resumable_training = True
 
@@ -74,7 +77,19 @@ class TranslationVertical(Vertical):
             reqs = [TranslationRequest(text=t, **common) for t in req.texts]
             return TranslateBatchResponse(translations=await served.predict_many(reqs))
 
-        return router
+        top = APIRouter(tags=["nlp"])
+        top.include_router(router)
+
+        @top.post("/translation/v1/feedback", response_model=FeedbackResult,
+                  operation_id="translationFeedback", responses=model_errors(),
+                  summary="Corrected translations of earlier answers")
+        async def feedback(req: TranslationFeedbackRequest):
+            """Corrected translations after the fact, joined to the prediction log by request
+            id (monitoring's realised chrF); unknown ids are counted, never an error."""
+            items = [{"id": it.id, "label": it.label} for it in req.feedback]
+            return await served.feedback(items)
+
+        return top
 
     def openapi_schema_updates(self, predictor: TranslationPredictor) -> dict[str, Any]:
         """The served bundle's language pair (enums) and output length limit."""

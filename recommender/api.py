@@ -12,8 +12,10 @@ from pydantic import BeforeValidator
 from pydantic_core import PydanticCustomError
 from starlette.convertors import Convertor, register_url_convertor
 
+from common.monitoring.feedback import FeedbackResult
 from common.predictor import parse_request
 from common.serving.openapi import model_errors
+from recommender.monitoring import RecommenderFeedbackRequest
 from recommender.schemas import (
     MAX_ID_CHARS,
     MAX_K,
@@ -95,5 +97,14 @@ def build_router(served) -> APIRouter:
     async def events(req: EventsRequest):
         """Record interactions; they are in the seen-filter for the very next request."""
         return await served.call(served.predictor.record_events, req.events)
+
+    @router.post("/feedback", response_model=FeedbackResult, operation_id="recommenderFeedback",
+                 responses=model_errors())
+    async def feedback(req: RecommenderFeedbackRequest):
+        """The item each user then interacted with, joined to the logged recommendations by
+        user id or request id (monitoring's realised hit rate); unknown ids are counted, never
+        an error. (Record the interaction itself on /events.)"""
+        items = [{"id": it.id, "label": it.label} for it in req.feedback]
+        return await served.feedback(items)
 
     return router

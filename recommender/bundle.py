@@ -16,8 +16,10 @@ import scipy.sparse as sp
 import torch
 
 from common.artifacts import Bundle, BundleWriter
+from common.monitoring.profile import PROFILE_FILE
 from recommender.data import Encoded
 from recommender.models import Recommender, load_model
+from recommender.monitoring import build_profile
 
 __all__ = ["write_bundle", "read_bundle"]
 
@@ -38,6 +40,9 @@ def write_bundle(root: str | Path, model: Recommender, enc: Encoded, X: sp.csr_m
                                 "items": [str(i) for i in enc.items]})
         known = {str(i) for i in enc.items}
         w.add_json("titles.json", {i: t for i, t in titles.items() if i in known})
+        w.add_json(PROFILE_FILE, build_profile(
+            model, X, {k.removeprefix("val_"): v for k, v in metrics.items()
+                       if k.startswith("val_") and isinstance(v, int | float)}))
         config = {"kind": model.kind, "config": model.get_config(), **(extra_config or {})}
         return w.publish(f"recommender.models.{type(model).__name__}", config, metrics,
                          data_fingerprint=fingerprint)

@@ -9,6 +9,7 @@ batch.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ import torch
 from common.errors import NotFound
 from common.predictor import Predictor
 from recommender.bundle import read_bundle
+from recommender.monitoring import record_features
 from recommender.retrieval import FaissIndex, exact_topk
 from recommender.schemas import Event, EventsResponse, RecommendRequest, RecommendResponse
 
@@ -39,6 +41,7 @@ class RecommenderPredictor(Predictor):
         self.extra_seen: dict[str, set[int]] = {}  # user id → item indices from events
         self.retrieval = self.options.get("retrieval", "exact")
         self.index = FaissIndex(self.model.item_vectors()) if self.retrieval == "faiss" else None
+        self.log_popularity = np.log1p(self.popularity.numpy().astype(np.float64))  # monitoring
 
     # ---- lifecycle --------------------------------------------------------------------------
     routing_field = "user_id"  # canary routing: one user always sees the same model
@@ -119,6 +122,21 @@ class RecommenderPredictor(Predictor):
 
     def encode(self, output: dict[str, Any]) -> RecommendResponse:
         return RecommendResponse.model_validate(output)
+
+    def monitor_record(self, request: RecommendRequest, output: dict[str, Any],
+                       response: RecommendResponse) -> dict[str, Any] | None:
+        """Known/unknown user, activity, popularity of the returned items, k
+        (recommender.monitoring); the prediction is the returned ids as JSON. Similar-item
+        requests have no user: not monitored."""
+        if request.user_id is None:
+            return None
+        uid = request.user_id
+        ids = [it.item_id for it in response.items]
+        feats = record_features(self.enc.user_index.get(uid, -1) >= 0, len(self.history(uid)),
+                                [self.enc.item_index[i] for i in ids], self.log_popularity,
+                                request.k)
+        return {"id": uid, "features": feats, "score": None, "probs": None,
+                "prediction": json.dumps(ids)}
 
     # ---- internals --------------------------------------------------------------------------
     def _rows(self, hists: list[np.ndarray]) -> sp.csr_matrix:

@@ -35,6 +35,7 @@ class RecommenderVertical(Vertical):
     title = "implicit-feedback recommendation: top-K, similar items, batch top-K"
     predictor_cls = RecommenderPredictor
     protocols = PROTOCOLS
+    monitor_task = "ranking"  # realised hit rate of fed-back items (recommender/monitoring.py)
 
     def build_router(self, served):
         return build_router(served)

@@ -3,7 +3,8 @@
     app = create_app(["fraud", "recommender"])            # latest bundles under $VERTICALS_HOME
     app = create_app(predictors={"fraud": my_predictor})  # already-loaded predictors (tests, libs)
 
-Routes besides the verticals' own: /livez, /readyz, /metrics, /v1/models.
+Routes besides the verticals' own: /livez, /readyz, /metrics, /v1/models,
+/v1/monitoring/{vertical} (common/monitoring: prediction log, drift, performance).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 import os
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -21,7 +22,8 @@ from fastapi.responses import PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common.aliases import serving_ref
-from common.errors import VerticalsError
+from common.artifacts import default_root
+from common.errors import NotFound, VerticalsError
 from common.predictor import Predictor
 from common.registry import get_vertical
 from common.serving.follow import DEFAULT_POLL_S, AliasFollower
@@ -30,12 +32,16 @@ from common.serving.openapi import (
     TEXT_PLAIN,
     LiveResponse,
     ModelsResponse,
+    MonitoringResponse,
     ReadyResponse,
     error_responses,
     install_openapi,
 )
 from common.serving.prom import render
 from common.serving.served import ServedPredictor
+
+if TYPE_CHECKING:
+    from common.monitoring.monitor import Monitor
 
 __all__ = ["create_app", "DEFAULT_MAX_BODY"]
 log = logging.getLogger(__name__)
@@ -118,12 +124,15 @@ def create_app(
     batching: dict[str, dict[str, Any]] | None = None,
     predictor_options: dict[str, dict[str, Any]] | None = None,
     alias_poll_s: float | None = None,
+    log_dir: str | Path | None = None,
 ) -> FastAPI:
     """Build the app. Predictors not given ready-made are loaded at startup (`bundles[name]`,
     else the `production` alias under `root`, else its latest bundle); /readyz is false until
     all are loaded and healthy. Verticals not pinned by `predictors`/`bundles` then follow their
     `production` alias every `alias_poll_s` seconds (default $VERTICALS_ALIAS_POLL_S or 2; 0
-    turns following off)."""
+    turns following off). Answers are logged and monitored under `log_dir` (default
+    $VERTICALS_LOG_DIR, else `<bundle root>/_monitoring`); a directory that cannot be written
+    raises VerticalsError here, before the server starts."""
     predictors = dict(predictors or {})
     names = list(dict.fromkeys([*(verticals or []), *predictors]))
     if not names:
@@ -133,6 +142,11 @@ def create_app(
     state: dict[str, Any] = {"load_errors": {}}
     api_key = api_key if api_key is not None else os.environ.get("VERTICALS_API_KEY") or None
     max_body = max_body_bytes or int(os.environ.get("VERTICALS_MAX_BODY_BYTES", DEFAULT_MAX_BODY))
+    # imported here: common.monitoring uses common.serving.prom, which imports this package
+    from common.monitoring.monitor import Monitor, MonitorSettings
+
+    settings = MonitorSettings.from_env(_bundle_root(root, predictors, bundles), log_dir)
+    monitors = {n: Monitor(n, specs[n].monitor_task, settings) for n in names}
 
     def build(name: str) -> Predictor:
         if name in predictors:
@@ -157,15 +171,20 @@ def create_app(
                 s = ServedPredictor(
                     p, max_queue=max_queue, timeout_s=timeout_s, **(batching or {}).get(name, {})
                 )
+                s.monitor = monitors[name] if settings.enabled else None
                 await s.start()
                 served[name] = s
             except VerticalsError as e:
                 state["load_errors"][name] = e.message
                 log.error("could not load %s: %s", name, e.message)
+        for m in monitors.values():
+            m.start()
         follower.start()
         yield
         await follower.stop()
         await asyncio.gather(*(s.stop(drain=True) for s in served.values()))
+        for m in monitors.values():  # after the drain: the last answers reach the log
+            await asyncio.to_thread(m.close)
 
     app = FastAPI(
         title="verticals",
@@ -176,6 +195,7 @@ def create_app(
     )
     app.state.served = served
     app.state.follower = follower
+    app.state.monitors = monitors
     _install_error_handlers(app)
 
     @app.get("/livez", tags=["ops"], operation_id="livez", response_model=LiveResponse)
@@ -213,9 +233,19 @@ def create_app(
             "models": [dict(s.predictor.info(), queue_depth=s.queue_depth) for s in served.values()]
         }
 
+    @app.get("/v1/monitoring/{vertical}", tags=["ops"], operation_id="monitoring",
+             response_model=MonitoringResponse, responses=error_responses(404))
+    async def monitoring(vertical: str):
+        m = monitors.get(vertical)
+        if m is None:
+            raise NotFound(f"no vertical {vertical!r} is served here", "vertical")
+        s = served.get(vertical)
+        return m.snapshot(s.predictor if s is not None else None)
+
     post_routes: dict[str, str] = {}  # exact POST path -> vertical, for early load shedding
     for name in names:
-        router = specs[name].build_router(_LazyServed(served, name, follower.rollouts))
+        router = specs[name].build_router(
+            _LazyServed(served, name, follower.rollouts, monitors[name]))
         for r in router.routes:
             if "POST" in (getattr(r, "methods", None) or ()) and "{" not in r.path:
                 post_routes[r.path] = name
@@ -230,13 +260,29 @@ def create_app(
     return app
 
 
+def _bundle_root(root: str | Path | None, predictors: dict[str, Predictor],
+                 bundles: dict[str, str | Path] | None) -> Path:
+    """Where the served bundles live: `root`, else the store of a ready-made predictor or an
+    explicit bundle path (its grandparent), else the default store."""
+    if root is not None:
+        return Path(root)
+    for p in predictors.values():
+        return p.bundle.path.resolve().parents[1]
+    for ref in (bundles or {}).values():
+        if Path(ref).is_dir():
+            return Path(ref).resolve().parents[1]
+    return default_root()
+
+
 class _LazyServed:
     """Routers are mounted before startup loads the models; this resolves the ServedPredictor
     at request time and answers 503 while it is not loaded. With a canary on
     (`common.serving.rollout`), each request goes to the model its routing key picks."""
 
-    def __init__(self, served: dict[str, ServedPredictor], name: str, rollouts: dict):
+    def __init__(self, served: dict[str, ServedPredictor], name: str, rollouts: dict,
+                 monitor: Monitor | None = None):
         self._served, self.name, self._rollouts = served, name, rollouts
+        self._monitor = monitor
 
     def _get(self) -> ServedPredictor:
         s = self._served.get(self.name)
@@ -263,7 +309,16 @@ class _LazyServed:
             return await self._get().predict_many(requests, timeout_s)
         # submitted in order, so one model thread answers them in order
         return list(await asyncio.gather(
-            *(self._route(r).predict(r, timeout_s) for r in requests)))
+            *(self._route(r).predict(r, timeout_s, k) for k, r in enumerate(requests))))
 
     async def call(self, fn, *args, **kwargs):
         return await self._get().call(fn, *args, **kwargs)
+
+    async def feedback(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        """Store delayed labels `[{"id", "label"}]` joined later to the prediction log:
+        {"accepted", "unknown", "unknown_ids"} (unknown ids are never an error)."""
+        if self._monitor is None:
+            from common.errors import NotReady
+
+            raise NotReady(f"{self.name} has no prediction log")
+        return await asyncio.to_thread(self._monitor.record_feedback, items)

@@ -32,6 +32,7 @@ __all__ = [
     "request_timeout",
     "request_arrival",
     "request_headers",
+    "request_id",
     "error_body",
 ]
 
@@ -41,6 +42,8 @@ request_timeout: ContextVar[float | None] = ContextVar("request_timeout", defaul
 request_arrival: ContextVar[float | None] = ContextVar("request_arrival", default=None)
 # the raw request headers, for code below the routes (canary routing on a header)
 request_headers: ContextVar[dict[bytes, bytes] | None] = ContextVar("request_headers", default=None)
+# the request's id (X-Request-ID or generated), for the prediction log
+request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 _ID_OK = re.compile(r"^[A-Za-z0-9._\-]{1,128}$")
 _CHALLENGE = (b"www-authenticate", b'Bearer realm="verticals"')
 
@@ -84,6 +87,7 @@ class ServingMiddleware:
         rid = headers.get(b"x-request-id", b"").decode("latin-1")
         rid = rid if _ID_OK.match(rid) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = rid
+        request_id.set(rid)
         rid_header = (b"x-request-id", rid.encode())
         status_box = [500]
         recorded = [False]

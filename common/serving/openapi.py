@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from common.vertical import Vertical
 
 __all__ = ["ErrorDetail", "ErrorResponse", "error_responses", "model_errors", "install_openapi",
-           "ReadyResponse", "LiveResponse", "ModelsResponse", "TEXT_PLAIN"]
+           "ReadyResponse", "LiveResponse", "ModelsResponse", "MonitoringResponse", "TEXT_PLAIN"]
 
 _REF = "#/components/schemas/{model}"
 
@@ -72,10 +72,44 @@ class ModelsResponse(BaseModel):
     models: list[ModelInfo]
 
 
+class VersionMonitoring(BaseModel):
+    requests: int = Field(description="answers of this version logged by this process")
+    windows: int = Field(description="complete windows of this version in this process")
+    monitored: bool | None = Field(description="has a reference profile (null: not looked yet)")
+    reason: str | None = Field(description="why this version is not monitored, or null")
+    last_window: dict[str, Any] | None = Field(
+        description='{"end", "n", "drift": {feature: {"statistic", "threshold", "method", '
+                    '"drift"}}, "drift_detected", "estimated": {metric: value}}')
+    realised: dict[str, float] = Field(description="metrics on delayed labels, and n_labels")
+    reference: dict[str, float] = Field(description="validation metrics from the profile")
+
+
+class MonitoringLogInfo(BaseModel):
+    dir: str = Field(description="this vertical's prediction log directory")
+    rows: int = Field(description="rows this process has written")
+
+
+class MonitoringFeedbackInfo(BaseModel):
+    accepted: int
+    unknown: int
+
+
+class MonitoringResponse(BaseModel):
+    vertical: str
+    process: int = Field(description="pid of the worker that answered: windows are per process")
+    enabled: bool = Field(description="the served version is logged and monitored")
+    reason: str | None = Field(description="why monitoring is off, or null")
+    window_size: int
+    ert: float = Field(description="expected windows between false alarms (all features)")
+    versions: dict[str, VersionMonitoring]
+    log: MonitoringLogInfo
+    feedback: MonitoringFeedbackInfo
+
+
 _DESCRIPTIONS = {
     401: "No API key, or a malformed one (send X-API-Key or Authorization: Bearer)",
     403: "The API key is not accepted",
-    404: "Not found (e.g. an id the model does not know)",
+    404: "Not found (e.g. an id the model does not know, or a vertical not served here)",
     413: "Body over the size limit (VERTICALS_MAX_BODY_BYTES) or with too many multipart parts",
     422: "Invalid input: `error.field` names the field and `error.message` the reason",
     503: "Not ready: model not loaded, server draining, or queue full (retry after Retry-After)",

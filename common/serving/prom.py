@@ -28,6 +28,16 @@ __all__ = [
     "SHADOW_COMPARED",
     "SHADOW_METRIC_SUM",
     "SHADOW_SKIPPED",
+    "MON_ENABLED",
+    "DRIFT_STATISTIC",
+    "DRIFT_THRESHOLD",
+    "DRIFT_DETECTED",
+    "MON_WINDOWS",
+    "ESTIMATED_PERF",
+    "REALISED_PERF",
+    "REFERENCE_PERF",
+    "LOG_ROWS",
+    "FEEDBACK",
     "render",
 ]
 
@@ -96,9 +106,42 @@ SHADOW_METRIC_SUM = Counter(
 )
 SHADOW_SKIPPED = Counter(
     "verticals_shadow_skipped_total",
-    "Sampled requests the shadow did not compare (behind, candidate_error, error_answer)",
+    "Sampled requests the shadow did not compare (behind, budget, starting, candidate_error, "
+    "error_answer)",
     ["model", "reason"],
 )
+
+
+# Monitoring (common/monitoring). Each worker keeps its own windows: drift gauges take the max
+# over live workers (an alert fires if any worker's window drifted); realised performance is
+# computed from the shared log, so every worker reports the same value (most recent wins).
+MON_ENABLED = Gauge("verticals_monitoring_enabled",
+                    "1 when this version is monitored (has a reference profile), else 0",
+                    ["vertical", "version"], multiprocess_mode="livemax")
+DRIFT_STATISTIC = Gauge("verticals_drift_statistic",
+                        "Drift statistic of the last complete window (PSI, JS distance, chi2)",
+                        ["vertical", "version", "feature"], multiprocess_mode="livemax")
+DRIFT_THRESHOLD = Gauge("verticals_drift_threshold",
+                        "Calibrated threshold of the drift statistic",
+                        ["vertical", "version", "feature"], multiprocess_mode="livemax")
+DRIFT_DETECTED = Gauge("verticals_drift_detected",
+                       "1 if the last complete window drifted on any feature",
+                       ["vertical", "version"], multiprocess_mode="livemax")
+MON_WINDOWS = Counter("verticals_monitor_windows_total", "Complete monitoring windows",
+                      ["vertical", "version"])
+ESTIMATED_PERF = Gauge("verticals_estimated_performance",
+                       "Performance estimated from calibrated scores (last window)",
+                       ["vertical", "version", "metric"], multiprocess_mode="livemostrecent")
+REALISED_PERF = Gauge("verticals_realised_performance",
+                      "Performance on delayed labels joined to the prediction log",
+                      ["vertical", "version", "metric"], multiprocess_mode="livemostrecent")
+REFERENCE_PERF = Gauge("verticals_reference_performance",
+                       "Validation metrics stored in the bundle's reference profile",
+                       ["vertical", "version", "metric"], multiprocess_mode="livemax")
+LOG_ROWS = Counter("verticals_prediction_log_rows", "Rows written to the prediction log",
+                   ["vertical"])
+FEEDBACK = Counter("verticals_feedback", "Feedback labels by outcome (accepted or unknown)",
+                   ["vertical", "outcome"])
 
 
 def render() -> tuple[bytes, str]:

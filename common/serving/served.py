@@ -31,7 +31,7 @@ from pydantic import BaseModel
 
 from common.errors import DeadlineExceeded, NotReady, Overloaded, VerticalsError
 from common.predictor import Predictor
-from common.serving.middleware import request_arrival, request_timeout
+from common.serving.middleware import request_arrival, request_id, request_timeout
 from common.serving.prom import (
     BATCH_SIZE,
     MODEL_LATENCY,
@@ -53,6 +53,7 @@ class _Pending:
     future: asyncio.Future
     enqueued: float
     started: bool = False  # picked into a batch: the model will answer it (and may record it)
+    rid: str | None = None  # the HTTP request's id, for the prediction log
 
 
 class ServedPredictor:
@@ -88,6 +89,7 @@ class ServedPredictor:
         self.candidate = candidate  # a canary candidate: not part of the worker's readiness
         self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix=f"model-{self.name}")
         self.shadow: Any = None  # common.serving.rollout.ShadowRunner while a shadow is on
+        self.monitor: Any = None  # common.monitoring.Monitor: offered every answered batch
         self._in_executor = 0  # batches and call()s submitted to the model thread, not done
         self._batch_time_s: float | None = None  # rises at once on a slow batch, decays slowly
         self._item_time_s: float | None = None  # wall seconds per item of recent batches
@@ -154,7 +156,8 @@ class ServedPredictor:
         return len(self._queue) if self._queue else 0
 
     # ---- requests -------------------------------------------------------------------------
-    def _submit(self, request: BaseModel, timeout_s: float | None) -> _Pending:
+    def _submit(self, request: BaseModel, timeout_s: float | None, index: int | None = None
+                ) -> _Pending:
         if not self._accepting or self._queue is None:
             raise NotReady(f"{self.name} is not accepting requests (starting or draining)")
         loop = asyncio.get_running_loop()
@@ -173,7 +176,10 @@ class ServedPredictor:
         ):
             raise Overloaded(f"{self.name} is overloaded: the queue would not answer within "
                              f"the deadline of {timeout_s:g} s; retry later")
-        p = _Pending(request, deadline, loop.create_future(), now)
+        rid = request_id.get()
+        if index is not None and rid is not None:  # item k of a batch route: `<id>.<k>`
+            rid = f"{rid}.{index}"
+        p = _Pending(request, deadline, loop.create_future(), now, rid=rid)
         self._queue.append(p)
         self._m_queue_depth.inc()
         if self._wakeup is not None and not self._wakeup.done():
@@ -192,9 +198,11 @@ class ServedPredictor:
         return (f"{self.name} is overloaded: the queue would not answer within the deadline "
                 f"of {timeout_s:g} s; retry later")
 
-    async def predict(self, request: BaseModel, timeout_s: float | None = None) -> BaseModel:
+    async def predict(self, request: BaseModel, timeout_s: float | None = None,
+                      index: int | None = None) -> BaseModel:
+        """Answer one request; `index`: its place in a batch route's body (for its log id)."""
         timeout_s = timeout_s or request_timeout.get()
-        p = self._submit(request, timeout_s)
+        p = self._submit(request, timeout_s, index)
         return await self._await(p, timeout_s)
 
     async def predict_many(
@@ -202,7 +210,7 @@ class ServedPredictor:
     ) -> list[BaseModel]:
         """Submit all, answer all; the first per-item error is raised (with its field)."""
         timeout_s = timeout_s or request_timeout.get()
-        pending = [self._submit(r, timeout_s) for r in requests]
+        pending = [self._submit(r, timeout_s, k) for k, r in enumerate(requests)]
         return list(await asyncio.gather(*(self._await(p, timeout_s) for p in pending)))
 
     async def _await(self, p: _Pending, timeout_s: float | None) -> BaseModel:
@@ -280,12 +288,14 @@ class ServedPredictor:
             if timer is not None:
                 timer.cancel()
 
-    def _run_batch(self, requests: list[BaseModel]) -> list[BaseModel | VerticalsError]:
+    def _run_batch(self, requests: list[BaseModel], rids: list[str | None] | None = None
+                   ) -> list[BaseModel | VerticalsError]:
         # CPU time of the calling thread, not wall time: a batch that was merely preempted by
         # other processes must not look slow and push a cheap model off the loop.
         t0 = time.thread_time()
+        monitor = self.monitor.bind(rids) if self.monitor is not None else None
         try:
-            return self.predictor.run_each(requests, shadow=self.shadow)
+            return self.predictor.run_each(requests, shadow=self.shadow, monitor=monitor)
         finally:
             dt = time.thread_time() - t0
             est = self._batch_time_s
@@ -319,14 +329,15 @@ class ServedPredictor:
             self._m_batch_size.observe(len(live))
             t0 = time.monotonic()
             requests = [p.request for p in live]
+            rids = [p.rid for p in live]
             try:
                 if self._inline():
-                    results = self._run_batch(requests)
+                    results = self._run_batch(requests, rids)
                 else:
                     self._in_executor += 1
                     try:
                         results = await loop.run_in_executor(
-                            self._executor, self._run_batch, requests
+                            self._executor, self._run_batch, requests, rids
                         )
                     finally:
                         self._in_executor -= 1

@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from common.artifacts import Bundle, BundleWriter, fingerprint
 from common.batch_io import numeric_columns
 from common.errors import InvalidInput
+from common.monitoring.feedback import FeedbackResult
+from common.monitoring.profile import PROFILE_FILE
 from common.predictor import Predictor
 from common.registry import register_vertical
 from common.vertical import ExampleRequest, Vertical
@@ -22,6 +24,17 @@ from common.vertical import ExampleRequest, Vertical
 class ToyRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     x: list[float] = Field(min_length=4, max_length=4)
+
+
+class ToyLabel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(min_length=1, max_length=128)
+    label: int = Field(ge=0, le=1)
+
+
+class ToyFeedback(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    feedback: list[ToyLabel] = Field(min_length=1, max_length=1000)
 
 
 class ToyResponse(BaseModel):
@@ -64,11 +77,22 @@ class ToyPredictor(Predictor):
         return [{"label": int(r.argmax()), "probability": float(r.max()),
                  "model_version": self.bundle.version} for r in p]
 
+    def monitor_record(self, request, output, response):
+        p1 = output["probability"] if output["label"] == 1 else 1.0 - output["probability"]
+        return {"id": None, "features": toy_features(request.x), "score": p1, "probs": None,
+                "prediction": str(output["label"])}
+
+
+def toy_features(x: list[float]) -> dict:
+    """The monitored inputs of one toy request (the predictor and the profile share it)."""
+    return {"a": x[0], "b": x[1], "c": x[2], "d": x[3], "sign": "pos" if x[0] >= 0 else "neg"}
+
 
 @register_vertical("toy")
 class ToyVertical(Vertical):
     title = "toy"
     predictor_cls = ToyPredictor
+    monitor_task = "binary"
 
     def build_router(self, served):
         router = APIRouter(prefix="/toy/v1", tags=["toy"])
@@ -76,6 +100,10 @@ class ToyVertical(Vertical):
         @router.post("/predict", response_model=ToyResponse)
         async def predict(req: ToyRequest):
             return await served.predict(req)
+
+        @router.post("/feedback", response_model=FeedbackResult)
+        async def feedback(body: ToyFeedback):
+            return await served.feedback([i.model_dump() for i in body.feedback])
 
         return router
 
@@ -144,9 +172,10 @@ def toy_labelled(n: int, seed: int) -> pd.DataFrame:
     return df
 
 
-def train_toy(root: Path, steps: int) -> Bundle:
+def train_toy(root: Path, steps: int, profile: bool = False) -> Bundle:
     """A toy bundle fitted for `steps` full-batch Adam steps on toy_labelled data (0: the
-    untrained net), so that bundles really differ in accuracy."""
+    untrained net), so that bundles really differ in accuracy; with `profile`, carrying a
+    monitoring reference profile built on held-out toy rows."""
     net = make_net()
     df = toy_labelled(512, seed=1)
     x = torch.tensor(df[list("abcd")].to_numpy())
@@ -158,5 +187,26 @@ def train_toy(root: Path, steps: int) -> Bundle:
         opt.step()
     w = BundleWriter(root, "toy", "toy-mlp")
     w.save_weights(net.state_dict())
+    if profile:
+        w.add_json(PROFILE_FILE, toy_profile(net))
     return w.publish("tests.common.toy_vertical.make_net", {"in": 4, "steps": steps},
-                     data_fingerprint=fingerprint("toy", steps))
+                     data_fingerprint=fingerprint("toy", steps, profile))
+
+
+def toy_profile(net: torch.nn.Module, n: int = 4000) -> dict:
+    """Reference profile of the toy model on held-out rows: the features, the score, metrics."""
+    from sklearn.metrics import roc_auc_score
+
+    from common.monitoring.profile import build_profile, categorical_ref, numeric_ref
+
+    df = toy_labelled(n, seed=2)
+    x = df[list("abcd")].to_numpy()
+    with torch.no_grad():
+        p1 = torch.softmax(net(torch.tensor(x)), -1)[:, 1].numpy()
+    feats = [toy_features(list(r)) for r in x]
+    refs = {k: numeric_ref([f[k] for f in feats]) for k in "abcd"}
+    refs["sign"] = categorical_ref([f["sign"] for f in feats])
+    y = df["label"].to_numpy()
+    metrics = {"accuracy": float(((p1 >= 0.5) == y).mean()), "roc_auc": roc_auc_score(y, p1)}
+    return build_profile(refs, task="binary", score=numeric_ref(p1), metrics=metrics,
+                         classes=["0", "1"])
