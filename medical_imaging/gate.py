@@ -57,6 +57,9 @@ def gate_score(bundle: Bundle, data: str | Path) -> dict[str, float]:
     cfg = bundle.model_config
     task, labels = cfg["task"], list(cfg["labels"])
     if path.is_dir():
+        if int(cfg.get("dimensions", cfg["net"].get("dimensions", 2))) == 3:
+            raise InvalidInput("data", f"{path.name}: a 3D bundle is gated on a MedMNIST-style "
+                                       ".npz of volumes, not a folder")
         x, y = _from_folder(path, task, labels, cfg["net"])
     elif path.suffix.lower() == ".npz":
         x, y = _from_npz(path, task, labels)

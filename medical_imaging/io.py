@@ -9,6 +9,8 @@ Decompression and size bombs are refused from the header, before pixel data is d
 (`ImageLimits`): one 2D image, frame or slice may hold `VERTICALS_MAX_IMAGE_PIXELS` pixels
 (default 40 million, a large mammogram), and a whole decoded volume or series
 `VERTICALS_MAX_DECODED_BYTES` (default 256 MiB); a gzip stream is never inflated past that.
+A 3D volume (`medical_imaging.volume`) may also hold at most `VERTICALS_MAX_VOXELS` voxels
+(default 512^3).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import io
 import logging
 import math
 import os
-import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,10 +29,11 @@ import numpy as np
 import torch
 
 from common.errors import InvalidInput
-from medical_imaging.metrics import TASKS, infer_task
+from medical_imaging.medmnist import load_medmnist  # re-exported: moved there
 
 __all__ = ["read_image", "decode_image", "sniff_format", "to_model_input", "load_medmnist",
-           "IMAGE_SUFFIXES", "ImageLimits"]
+           "IMAGE_SUFFIXES", "ImageLimits", "apply_window", "dicom_window", "nifti_header",
+           "nifti_image", "check_time_index", "pick_window"]
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".nii", ".nii.gz")
 _PNG, _JPEG, _GZIP = b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"\x1f\x8b"
@@ -51,11 +54,21 @@ class ImageLimits:
 
     max_pixels: int = 40_000_000  # one 2D image, frame or slice
     max_decoded_bytes: int = 256 * 1024 * 1024  # a whole decoded volume or series
+    max_voxels: int = 512 ** 3  # a whole 3D volume, whatever its data type
 
     @classmethod
     def from_env(cls) -> ImageLimits:
         return cls(_env_int("VERTICALS_MAX_IMAGE_PIXELS", cls.max_pixels),
-                   _env_int("VERTICALS_MAX_DECODED_BYTES", cls.max_decoded_bytes))
+                   _env_int("VERTICALS_MAX_DECODED_BYTES", cls.max_decoded_bytes),
+                   _env_int("VERTICALS_MAX_VOXELS", cls.max_voxels))
+
+    def check_voxels(self, name: str, dims: tuple[int, ...]) -> None:
+        """Refuse a volume of `dims` (D, H, W) holding more than `max_voxels` voxels."""
+        n = math.prod(dims)
+        if n > self.max_voxels:
+            shape = "x".join(str(d) for d in dims)
+            raise _bad(name, f"volume of {shape} = {n:,} voxels is over the limit of "
+                             f"{self.max_voxels:,} (VERTICALS_MAX_VOXELS)")
 
     def check(self, name: str, what: str, dims: tuple[int, ...], item_bytes: float) -> None:
         """Refuse `dims` (2D plane first) whose plane or total decoded size is over a limit."""
@@ -141,7 +154,7 @@ def _dicom_int(ds: Any, keyword: str, default: int, name: str) -> int:
         raise _bad(name, f"DICOM {keyword} is not a number") from None
 
 
-def _read_dicom(data: bytes, name: str, window: tuple[float, float] | None,
+def _read_dicom(data: bytes, name: str, window: tuple[float | None, float | None] | None,
                 limits: ImageLimits) -> np.ndarray:
     import pydicom
     from pydicom.errors import InvalidDicomError
@@ -175,8 +188,34 @@ def _read_dicom(data: bytes, name: str, window: tuple[float, float] | None,
         return _minmax(arr).transpose(2, 0, 1) if arr.dtype != np.uint8 else \
             arr.astype(np.float32).transpose(2, 0, 1) / 255.0
     hu = apply_modality_lut(arr, ds).astype(np.float32)  # rescale slope / intercept
-    if window is None and "WindowCenter" in ds and "WindowWidth" in ds:
-        window = (_first(ds.WindowCenter), _first(ds.WindowWidth))
+    return apply_window(hu, pick_window(window, dicom_window(ds), hu), photometric)[None]
+
+
+def dicom_window(ds: Any) -> tuple[float, float] | None:
+    """The dataset's first (centre, width) window pair, or None."""
+    if "WindowCenter" in ds and "WindowWidth" in ds:
+        return _first(ds.WindowCenter), _first(ds.WindowWidth)
+    return None
+
+
+def pick_window(asked: tuple[float | None, float | None] | None,
+                own: tuple[float, float] | None, hu: np.ndarray) -> tuple[float, float] | None:
+    """The window to use: the asked (centre, width), a missing half taken from the file's own
+    window, or from the data's range when the file has none; no ask: the file's own."""
+    if asked is None:
+        return own
+    c, w = asked
+    if c is None or w is None:
+        lo, hi = float(np.min(hu)), float(np.max(hu))
+        base = own or ((lo + hi) / 2, hi - lo + 1)
+        c, w = (base[0] if c is None else c), (base[1] if w is None else w)
+    return float(c), float(w)
+
+
+def apply_window(hu: np.ndarray, window: tuple[float, float] | None,
+                 photometric: str = "MONOCHROME2") -> np.ndarray:
+    """Modality values (e.g. HU) → [0, 1]: the linear window when given, else min–max; then
+    MONOCHROME1 inverted. Used for one DICOM image and for a whole series alike."""
     if window is not None and window[1] > 1:
         # DICOM PS3.3 C.11.2.1.2.1 linear window, mapped straight to [0, 1] (pydicom's
         # apply_voi_lut maps to the stored bit depth's range, which we would undo again)
@@ -186,7 +225,7 @@ def _read_dicom(data: bytes, name: str, window: tuple[float, float] | None,
         out = _minmax(hu)
     if photometric == "MONOCHROME1":  # high values are dark: invert so bright means dense
         out = 1.0 - out
-    return out[None].astype(np.float32)
+    return out.astype(np.float32)
 
 
 def _nifti_header(head: bytes, name: str) -> Any:
@@ -200,9 +239,20 @@ def _nifti_header(head: bytes, name: str) -> Any:
         raise _bad(name, f"not a readable NIfTI file ({type(e).__name__})") from None
 
 
-def _read_nifti(data: bytes, name: str, limits: ImageLimits) -> np.ndarray:
+def nifti_header(data: bytes, name: str) -> Any:
+    """The NIfTI-1/2 header of `data` (inflating only its first bytes when gzipped)."""
+    try:
+        head = gzip.GzipFile(fileobj=io.BytesIO(data)).read(540) if data.startswith(_GZIP) \
+            else data[:540]
+    except (OSError, EOFError, zlib.error) as e:
+        raise _bad(name, f"not a readable NIfTI file ({type(e).__name__})") from None
+    return _nifti_header(head, name)
+
+
+def nifti_image(data: bytes, name: str, limits: ImageLimits, *, volume: bool = False) -> Any:
+    """A nibabel image over `data`, its header checked against `limits` (and, with `volume`,
+    the voxel limit) before the data is inflated — and never inflated past the declared size."""
     import nibabel as nib
-    from monai.transforms import ScaleIntensityRangePercentiles
 
     gz = gzip.GzipFile(fileobj=io.BytesIO(data)) if data.startswith(_GZIP) else None
     try:
@@ -212,17 +262,43 @@ def _read_nifti(data: bytes, name: str, limits: ImageLimits) -> np.ndarray:
         shape = tuple(int(d) for d in hdr.get_data_shape())
         item = hdr.get_data_dtype().itemsize
         limits.check(name, "NIfTI", tuple(d for d in shape if d != 1) or shape, item)
+        if volume:
+            limits.check_voxels(name, shape[:3])
         need = int(hdr.get_data_offset()) + math.prod(shape) * item
         raw = head + gz.read(max(0, need - len(head))) if gz is not None else data
         if len(raw) < need:
             raise _bad(name, f"truncated NIfTI: header declares {need:,} bytes, file holds "
                              f"{len(raw):,}")
-        img = (nib.Nifti2Image if isinstance(hdr, nib.Nifti2Header) else
-               nib.Nifti1Image).from_bytes(raw)
+        return (nib.Nifti2Image if isinstance(hdr, nib.Nifti2Header) else
+                nib.Nifti1Image).from_bytes(raw)
+    except InvalidInput:
+        raise
+    except Exception as e:  # nibabel/gzip raise a wide range of types for bad files
+        raise _bad(name, f"not a readable NIfTI file ({type(e).__name__})") from None
+
+
+def check_time_index(name: str, shape: tuple[int, ...], time_index: int) -> None:
+    """A 4D NIfTI's time point must exist (a 3D one only has time point 0)."""
+    count = shape[3] if len(shape) >= 4 else 1
+    if not 0 <= time_index < count:
+        raise InvalidInput("time_index", f"{name}: time point {time_index} does not exist; "
+                                         f"the file holds {count} (0..{count - 1})")
+
+
+def _read_nifti(data: bytes, name: str, limits: ImageLimits, time_index: int = 0) -> np.ndarray:
+    from monai.transforms import ScaleIntensityRangePercentiles
+
+    img = nifti_image(data, name, limits)
+    shape = tuple(int(d) for d in img.shape)
+    try:
         # index the proxy so only the 2D slice used is read: squeeze singleton axes, take the
-        # first time point of a series and the middle axial slice of a volume
+        # chosen time point of a series and the middle axial slice of a volume
         axes = [i for i, d in enumerate(shape) if d != 1]
         index: list[int | slice] = [0 if d == 1 else slice(None) for d in shape]
+        if len(shape) >= 4:
+            check_time_index(name, shape, time_index)
+            index[3] = time_index
+            axes = [a for a in axes if a != 3]
         if len(axes) == 4:
             index[axes[3]] = 0
         if len(axes) in (3, 4):
@@ -240,10 +316,12 @@ def _read_nifti(data: bytes, name: str, limits: ImageLimits) -> np.ndarray:
 
 
 def decode_image(data: bytes, name: str = "image",
-                 window: tuple[float, float] | None = None,
-                 limits: ImageLimits | None = None) -> np.ndarray:
+                 window: tuple[float | None, float | None] | None = None,
+                 limits: ImageLimits | None = None, time_index: int = 0) -> np.ndarray:
     """Bytes of one PNG/JPEG/DICOM/NIfTI file → float32 (C, H, W) in [0, 1]. Inputs whose
-    header declares more than `limits` (default: `ImageLimits.from_env()`) are refused."""
+    header declares more than `limits` (default: `ImageLimits.from_env()`) are refused. A
+    NIfTI volume gives its middle axial slice at `time_index` (whole volumes:
+    `medical_imaging.volume.decode_volume`)."""
     fmt = sniff_format(data, name)
     limits = limits or ImageLimits.from_env()
     if fmt in ("png", "jpeg"):
@@ -251,7 +329,7 @@ def decode_image(data: bytes, name: str = "image",
     elif fmt == "dicom":
         arr = _read_dicom(data, name, window, limits)
     else:
-        arr = _read_nifti(data, name, limits)
+        arr = _read_nifti(data, name, limits, time_index)
     if arr.shape[-1] < 2 or arr.shape[-2] < 2:
         raise _bad(name, f"image of size {arr.shape[-2]}x{arr.shape[-1]} is too small")
     if not np.isfinite(arr).all():
@@ -286,29 +364,3 @@ def to_model_input(arr: np.ndarray, in_channels: int, image_size: int) -> torch.
         down = x.shape[1] * x.shape[2] >= image_size * image_size
         x = Resize((image_size, image_size), mode="area" if down else "bilinear")(x)
     return torch.as_tensor(np.asarray(x), dtype=torch.float32).clamp(0, 1).contiguous()
-
-
-def load_medmnist(path: str | Path, task: str | None = None) -> dict[str, Any]:
-    """A MedMNIST `.npz` → {"train"|"val"|"test": (images (N, C, H, W) float [0, 1], labels),
-    "task", "num_classes", "name"}. The task comes from the labels unless given."""
-    path = Path(path)
-    if not path.is_file():
-        raise InvalidInput("data", f"{path}: no such file")
-    try:
-        d = np.load(path, allow_pickle=False)
-        splits = {}
-        for s in ("train", "val", "test"):
-            imgs, labels = d[f"{s}_images"], d[f"{s}_labels"]
-            x = torch.from_numpy(np.ascontiguousarray(imgs)).float().div(255.0)
-            x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous()
-            splits[s] = (x, np.asarray(labels).astype(np.int64))
-    except (KeyError, ValueError, OSError, zipfile.BadZipFile) as e:
-        raise InvalidInput("data", f"{path.name}: not a MedMNIST .npz file "
-                                   f"({type(e).__name__}: {e})") from None
-    task = task or infer_task(np.concatenate([splits[s][1] for s in splits]))
-    if task not in TASKS:
-        raise InvalidInput("task", f"{task!r} is not one of {', '.join(TASKS)}")
-    y = splits["train"][1]
-    ncls = y.shape[1] if task == "multilabel" else int(max(int(splits[s][1].max())
-                                                          for s in splits) + 1)
-    return {**splits, "task": task, "num_classes": max(ncls, 2), "name": path.stem}

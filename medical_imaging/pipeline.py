@@ -13,6 +13,7 @@ import torch
 
 from common.artifacts import Bundle, BundleWriter, fingerprint
 from common.errors import InvalidInput
+from common.monitoring.profile import PROFILE_FILE
 from medical_imaging.io import IMAGE_SUFFIXES, load_medmnist, read_image, to_model_input
 from medical_imaging.metrics import classification_metrics
 from medical_imaging.synthetic import SYNTHETIC_LABELS, phantom_splits
@@ -89,8 +90,29 @@ def load_dataset(path: str | Path, task: str | None = None, labels: list[str] | 
 
 
 def _fit_to_data(cfg: FitConfig, data: Dataset2D) -> FitConfig:
+    """Channels, size and dimensionality from the data (2D (N, C, S, S), 3D (N, C, S, S, S))."""
     x = data["train"][0]
-    return replace(cfg, in_channels=int(x.shape[1]), image_size=int(x.shape[-1]))
+    dims = x.ndim - 2
+    if dims not in (2, 3) or len(set(x.shape[2:])) != 1:
+        raise InvalidInput("data", f"{data['name']}: training inputs of shape "
+                                   f"{tuple(x.shape[1:])} are not square images or cubic "
+                                   "volumes")
+    return replace(cfg, in_channels=int(x.shape[1]), image_size=int(x.shape[-1]),
+                   dimensions=dims)
+
+
+def _profile(res: Any, data: Dataset2D, cfg: FitConfig) -> dict[str, Any]:
+    """Monitoring's reference: the validation images' summaries and calibrated scores."""
+    from medical_imaging.metrics import probabilities
+    from medical_imaging.monitoring import build_profile
+
+    x = data["val"][0]
+    probs = probabilities(data["task"], predict_logits(res.model, x, tta=cfg.tta),
+                          res.temperature)
+    vm = res.val_metrics
+    return build_profile(x.numpy(), probs, data["task"], list(data["labels"]),
+                         {"roc_auc": vm["auc"], "accuracy": vm["acc"], "ece": vm["ece"]},
+                         source="nifti" if x.ndim == 5 else "png")  # volumes: as NIfTI
 
 
 def train_and_publish(data: Dataset2D, root: str | Path | None, cfg: FitConfig,
@@ -108,10 +130,12 @@ def train_and_publish(data: Dataset2D, root: str | Path | None, cfg: FitConfig,
     w = BundleWriter(root, "medical", name or f"medical-{cfg.arch}-{data['name']}")
     w.save_weights(res.model.state_dict())
     w.add_json("history.json", res.history)
+    w.add_json(PROFILE_FILE, _profile(res, data, cfg))
     return w.publish(
         model_class="medical_imaging.model.build_model",
         model_config={
-            "net": res.model_config, "task": data["task"], "labels": data["labels"],
+            "net": res.model_config, "dimensions": cfg.dimensions, "task": data["task"],
+            "labels": data["labels"],
             "temperature": res.temperature, "abstain_threshold": abstain_threshold,
             "synthetic": data["synthetic"], "dataset": data["name"], "fit": res.fit_config,
         },

@@ -1,5 +1,9 @@
-"""The medical Predictor: base64 image (PNG/JPEG/DICOM/NIfTI) → calibrated class probabilities,
-label, abstention flag and an optional Grad-CAM overlay PNG."""
+"""The medical Predictor: base64 image (PNG/JPEG/DICOM/NIfTI) or volume (NIfTI 3D/4D, zipped
+DICOM series) → calibrated class probabilities, label, abstention flag and an optional Grad-CAM
+overlay PNG (3D: a montage of the most salient slices, with their indices).
+
+The bundle's `net.dimensions` (2 or 3; missing: 2) decides what an input must be: a 2D model
+refuses a volume and a 3D model a 2D image, each with the file name and the shape it got."""
 
 from __future__ import annotations
 
@@ -13,14 +17,20 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from common.errors import InvalidInput
 from common.predictor import Predictor
-from medical_imaging.explain import GradCamExplainer, overlay_png
-from medical_imaging.io import decode_image, to_model_input
+from medical_imaging.explain import GradCamExplainer, gradcam_montage, overlay_png
+from medical_imaging.io import decode_image, sniff_format, to_model_input
 from medical_imaging.metrics import probabilities
-from medical_imaging.model import build_model
+from medical_imaging.model import build_model, dimensions, tune_allocator
+from medical_imaging.monitoring import record_features, source_meta
+from medical_imaging.series import is_zip
+from medical_imaging.train import model_logits
+from medical_imaging.volume import decode_volume, volume_shape, volume_to_model_input
 
 __all__ = ["PredictRequest", "PredictResponse", "MedicalPredictor", "DEFAULT_MAX_IMAGE_BYTES"]
 DEFAULT_MAX_IMAGE_BYTES = 32 * 1024 * 1024
 _DECIMALS = 6  # probabilities are rounded so answers do not depend on float summation order
+CASE_ID_DOC = ("your id for this case (1..128 characters, no patient data): echoed, logged, and "
+               "the id to send its diagnosis to /medical/v1/feedback by")
 
 
 class PredictRequest(BaseModel):
@@ -32,6 +42,15 @@ class PredictRequest(BaseModel):
     heatmap: bool = Field(False, description="also return a Grad-CAM overlay PNG (base64)")
     abstain_threshold: float | None = Field(
         None, ge=0.0, le=1.0, description="abstain below this confidence (default: the bundle's)")
+    time_index: int = Field(0, ge=0, description="4D NIfTI: the time point to use")
+    series_uid: str | None = Field(
+        None, min_length=1, max_length=64,
+        description="zipped DICOM series holding several series: the SeriesInstanceUID to use")
+    window_center: float | None = Field(
+        None, ge=-1e9, le=1e9, description="DICOM window centre (default: the file's)")
+    window_width: float | None = Field(
+        None, gt=1.0, le=1e9, description="DICOM window width (default: the file's)")
+    case_id: str | None = Field(None, min_length=1, max_length=128, description=CASE_ID_DOC)
 
 
 class ModelInfo(BaseModel):
@@ -42,6 +61,7 @@ class ModelInfo(BaseModel):
 
 class PredictResponse(BaseModel):
     filename: str | None = Field(None, description="the request's filename, echoed")
+    case_id: str | None = Field(None, description="the request's case_id, echoed")
     task: str
     probabilities: dict[str, float]
     label: str | None = Field(description="predicted class; None when abstained")
@@ -49,12 +69,15 @@ class PredictResponse(BaseModel):
     confidence: float
     abstained: bool
     heatmap_png_base64: str | None = None
+    heatmap_slices: list[int] | None = Field(
+        None, description="3D models: the slice indices (along the model input's depth) shown "
+                          "in the heatmap montage")
     synthetic: bool = Field(description="true when the model was trained on synthetic phantoms")
     model: ModelInfo
 
 
 class _Item:
-    __slots__ = ("x", "image", "heatmap", "threshold", "filename")
+    __slots__ = ("x", "image", "heatmap", "threshold", "filename", "case_id", "source")
 
     def __init__(self, x: torch.Tensor, image: np.ndarray, heatmap: bool, threshold: float,
                  filename: str | None):
@@ -82,6 +105,11 @@ class MedicalPredictor(Predictor):
         self.temperature = float(cfg.get("temperature", 1.0))
         self.in_channels = int(net_cfg.get("in_channels", 1))
         self.image_size = int(net_cfg.get("image_size", 28))
+        self.dims = dimensions(net_cfg)
+        if self.dims == 3:
+            tune_allocator()  # 3D activations: keep freed memory (see model.tune_allocator)
+        spacing = net_cfg.get("spacing") or cfg.get("spacing")  # mm per voxel, when trained so
+        self.spacing = tuple(float(v) for v in spacing) if spacing else None
         self.synthetic = bool(cfg.get("synthetic", False))
         self.tta = bool(cfg.get("fit", {}).get("tta", False))  # as calibrated in training
         self.default_threshold = float(self.options.get("abstain_threshold")
@@ -102,11 +130,40 @@ class MedicalPredictor(Predictor):
             data = base64.b64decode(request.image_base64, validate=True)
         except (binascii.Error, ValueError):
             raise InvalidInput("image_base64", f"{name}: not valid base64") from None
-        image = decode_image(data, name)
-        x = to_model_input(image, self.in_channels, self.image_size)
+        window = _window(request)
+        if self.dims == 3:
+            vol = decode_volume(data, name, time_index=request.time_index,
+                                series_uid=request.series_uid, window=window)
+            image = vol.array
+            x = volume_to_model_input(vol, self.in_channels, self.image_size, self.spacing)
+            fmt = "dicom-series" if is_zip(data) else "nifti"
+        else:
+            shape = (decode_volume(data, name, series_uid=request.series_uid, window=window).shape
+                     if is_zip(data) else volume_shape(data, name, request.time_index))
+            if shape is not None:
+                raise InvalidInput("image", f"{name}: this model takes 2D images; got a 3D "
+                                            f"volume ({'×'.join(str(d) for d in shape)})")
+            image = decode_image(data, name, window, time_index=request.time_index)
+            x = to_model_input(image, self.in_channels, self.image_size)
+            fmt = sniff_format(data, name)
         threshold = (request.abstain_threshold if request.abstain_threshold is not None
                      else self.default_threshold)
-        return _Item(x, image, request.heatmap, threshold, request.filename)
+        item = _Item(x, image, request.heatmap, threshold, request.filename)
+        # monitoring: the case id, and the source's modality / photometric (never other fields)
+        item.case_id = request.case_id
+        item.source = source_meta(data, fmt, int(image.shape[0]))
+        return item
+
+    def monitor_record(self, request: PredictRequest, output: dict[str, Any],
+                       response: PredictResponse) -> dict[str, Any]:
+        """A PHI-free summary (medical_imaging.monitoring): intensities, size, source labels;
+        P(positive) for binary, else the top probability and all of them."""
+        item = output["_item"]
+        feats = record_features(item.x.numpy(), tuple(item.image.shape[-2:]), *item.source)
+        probs = [response.probabilities[lab] for lab in self.labels]
+        score = probs[1] if self.task == "binary" else max(probs)
+        return {"id": item.case_id, "features": feats, "score": score, "probs": probs,
+                "prediction": response.label}
 
     # ---- model --------------------------------------------------------------------------
     @torch.no_grad()
@@ -121,10 +178,8 @@ class MedicalPredictor(Predictor):
         if single:
             x = torch.cat([x, x])
         x = x.to(self.device)
-        out = self.net(x).float()
-        if self.tta:
-            out = (out + self.net(torch.flip(x, dims=[-1])).float()) / 2
-        out = out.cpu().numpy()
+        # the flips training calibrated with (images: horizontal; volumes: each axis)
+        out = model_logits(self.net, x, self.tta).cpu().numpy()
         return out[:1] if single else out
 
     def predict_batch(self, items: list[_Item]) -> list[dict[str, Any]]:
@@ -145,12 +200,15 @@ class MedicalPredictor(Predictor):
             confidence = float(p[top])
             positives = [self.labels[top]]
         abstained = confidence < item.threshold
-        heat = None
+        heat, slices = None, None
         if item.heatmap:
             if self._explainer is None:
                 self._explainer = GradCamExplainer(self.net)
-            cam = self._explainer(item.x, top)
-            heat = base64.b64encode(overlay_png(item.image, cam)).decode()
+            if self.dims == 3:  # a montage of the most salient slices of the model's input
+                png, slices = gradcam_montage(self._explainer, item.x[None], top)
+            else:
+                png = overlay_png(item.image, self._explainer(item.x, top))
+            heat = base64.b64encode(png).decode()
         return {
             "filename": item.filename,
             "task": self.task,
@@ -161,6 +219,15 @@ class MedicalPredictor(Predictor):
             "confidence": round(confidence, _DECIMALS),
             "abstained": abstained,
             "heatmap_png_base64": heat,
+            "heatmap_slices": slices,
             "synthetic": self.synthetic,
             "model": self._model_info,
+            "case_id": item.case_id,
+            "_item": item,  # for monitor_record; encode drops it
         }
+
+
+def _window(request: PredictRequest) -> tuple[float | None, float | None] | None:
+    """The request's DICOM window; a half not given keeps the file's (`io.pick_window`)."""
+    c, w = request.window_center, request.window_width
+    return None if c is None and w is None else (c, w)

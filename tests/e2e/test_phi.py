@@ -180,3 +180,77 @@ def test_no_patient_data_in_logs_metrics_responses_or_outputs(tmp_path, monkeypa
 
     leaks = [(where, s) for where, text in seen.items() for s in SECRETS if s in text]
     assert not leaks, leaks
+
+
+def patient_series(vol: np.ndarray, uid: str, prefix: str = "slice") -> dict[str, bytes]:
+    """A DICOM series (tests.medical.files.series_files) with this test's patient in every
+    slice's header."""
+    import pydicom
+
+    from tests.medical.files import series_files
+
+    out = {}
+    for name, data in series_files(vol, series_uid=uid, prefix=prefix).items():
+        ds = pydicom.dcmread(io.BytesIO(data))
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate = NAME, PID, BIRTH
+        ds.PatientAddress = "7 Zyxwabbit Lane"
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        out[name] = buf.getvalue()
+    return out
+
+
+def test_no_patient_data_from_dicom_series(tmp_path, monkeypatch, caplog, capfd):
+    """Zipped series (served, missing a slice, mixed, one slice cut short) over REST to a 3D
+    model, and series folders batch-scored: no patient field in any answer, log or file."""
+    from fastapi.testclient import TestClient
+
+    from common.serving import create_app
+    from medical_imaging.predictor import MedicalPredictor
+    from tests.medical.files import zip_bytes
+    from tests.medical.test_volume_api import tiny_bundle
+
+    caplog.set_level(logging.DEBUG)
+    bundle = tiny_bundle(tmp_path / "bundles", 3)
+    vol = np.random.default_rng(0).integers(0, 2000, (5, 16, 16), dtype=np.uint16)
+    ct = patient_series(vol, "1.2.3.4")
+    assert NAME.encode() in next(iter(ct.values()))
+    cut = dict(ct)
+    cut["slice004.dcm"] = cut["slice004.dcm"][:-200]
+    uploads = {
+        "ct.zip": zip_bytes(ct),
+        "gap.zip": zip_bytes({k: v for k, v in ct.items() if k != "slice002.dcm"}),
+        "mixed.zip": zip_bytes({**ct, **patient_series(vol[:2], "1.2.3.5", "b")}),
+        "cut.zip": zip_bytes(cut),
+    }
+    seen: dict[str, str] = {}
+    statuses = {}
+    with TestClient(create_app(predictors={"medical": MedicalPredictor.load(bundle.path)})) as c:
+        for name, data in uploads.items():
+            r = c.post("/medical/v1/predict", files={"file": (name, data)},
+                       data={"heatmap": "true"})
+            statuses[name] = r.status_code
+            seen[f"multipart {name}"], seen[f"headers {name}"] = r.text, str(dict(r.headers))
+        seen["/metrics"] = c.get("/metrics").text
+    assert statuses == {"ct.zip": 200, "gap.zip": 422, "mixed.zip": 422, "cut.zip": 422}
+
+    inp, out = tmp_path / "scans", tmp_path / "out"
+    for folder, files in (("a", ct), ("b", {k: v for k, v in ct.items() if k != "slice001.dcm"})):
+        (inp / folder).mkdir(parents=True)
+        for name, data in files.items():
+            (inp / folder / name).write_bytes(data)
+    monkeypatch.chdir(tmp_path)
+    capfd.readouterr()
+    code = main(["score", "medical", str(inp), str(out / "scores.parquet"), "--root",
+                 str(tmp_path / "bundles")])
+    printed = capfd.readouterr()
+    assert code == 0, printed.err[-3000:]
+    summary = json.loads((out / "scores.parquet.summary.json").read_text())
+    assert (summary["read"], summary["scored"], summary["rejected"]) == (2, 1, 1)
+    seen["score stdout"], seen["score stderr"] = printed.out, printed.err
+    seen["log"] = caplog.text + "".join(str(r.args) for r in caplog.records)
+    for f in out.rglob("*"):
+        if f.is_file():
+            seen[str(f)] = f.read_bytes().decode("latin-1")
+    leaks = [(where, s) for where, text in seen.items() for s in SECRETS if s in text]
+    assert not leaks, leaks

@@ -77,3 +77,40 @@ def nifti_bytes(vol: np.ndarray, gz: bool = False) -> bytes:
 def write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
+
+
+def series_files(vol: np.ndarray, *, spacing: tuple[float, float, float] = (2.5, 0.7, 0.8),
+                 series_uid: str = "1.2.826.0.1.3680043.2.1125.1", slope: float = 1.0,
+                 intercept: float = 0.0, window: tuple[float, float] | None = None,
+                 origin: tuple[float, float, float] = (-40.0, -30.0, 100.0),
+                 prefix: str = "slice") -> dict[str, bytes]:
+    """One DICOM file per slice of `vol` (D, H, W, uint16), axial, slice k at z = origin_z +
+    k * spacing[0], with patient data in every header; named `{prefix}{k:03d}.dcm`."""
+    import pydicom
+
+    out = {}
+    for k, plane in enumerate(vol):
+        ds = pydicom.dcmread(io.BytesIO(dicom_bytes(plane, slope=slope, intercept=intercept,
+                                                    window=window)))
+        ds.SeriesInstanceUID = series_uid
+        ds.Modality = "CT"
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImagePositionPatient = [origin[0], origin[1], origin[2] + k * spacing[0]]
+        ds.PixelSpacing = [spacing[1], spacing[2]]
+        ds.SliceThickness = spacing[0]
+        ds.InstanceNumber = k + 1
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        out[f"{prefix}{k:03d}.dcm"] = buf.getvalue()
+    return out
+
+
+def zip_bytes(files: dict[str, bytes], compression: int = 8) -> bytes:
+    """A zip of `files` (compression: zipfile.ZIP_DEFLATED = 8 or ZIP_STORED = 0)."""
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression) as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return buf.getvalue()

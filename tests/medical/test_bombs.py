@@ -78,8 +78,9 @@ def zlib_gzip(data: bytes, trailing_zeros: int = 0) -> bytes:
 
 
 def nifti_gzip_bomb(trailing_mb: int = 256) -> bytes:
-    """A valid 32x32x8 NIfTI volume whose gzip stream goes on with `trailing_mb` MB of zeros."""
-    vol = np.random.default_rng(0).random((32, 32, 8)).astype(np.float32)
+    """A valid 32x32 NIfTI image (2D, as the 2D test model takes) whose gzip stream goes on
+    with `trailing_mb` MB of zeros."""
+    vol = np.random.default_rng(0).random((32, 32, 1)).astype(np.float32)
     return zlib_gzip(nifti_bytes(vol), trailing_zeros=trailing_mb << 20)
 
 
@@ -194,7 +195,7 @@ def probe(root: str) -> None:
 
     bombs = _payloads()  # built before the baseline: the client's own bytes do not count
     png = example_png(True)
-    vol = np.random.default_rng(0).random((32, 32, 8)).astype(np.float32)
+    vol = np.random.default_rng(0).random((32, 32, 1)).astype(np.float32)
     warm = [
         {"json": {"image_base64": base64.b64encode(png).decode()}},
         {"files": {"file": ("w.png", png, "image/png")}},
