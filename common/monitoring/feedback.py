@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 from pydantic import BaseModel, Field
 
-from common.monitoring.predlog import PredictionLog, segment_prefix, write_segment
+from common.monitoring.predlog import PredictionLog, segment_prefix, sql_literal, write_segment
 from common.serving.prom import FEEDBACK
 
 __all__ = ["FeedbackStore", "FeedbackResult", "UNKNOWN_SHOWN", "feedback_glob", "class_labels"]
@@ -44,7 +44,8 @@ def class_labels(feedback: list[Any], classes: list[str]) -> list[dict[str, Any]
 
 
 def feedback_glob(base: Path) -> str:
-    return str(base / "feedback" / "*.parquet")
+    """The feedback segments as an SQL string literal, for `read_parquet(...)`."""
+    return sql_literal(str(base / "feedback" / "*.parquet"))
 
 
 class FeedbackStore:

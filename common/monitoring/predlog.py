@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 from common.errors import VerticalsError
 
 __all__ = ["PredictionLog", "check_writable", "write_segment", "Row", "RETENTION_ENV",
-           "duckdb_glob"]
+           "duckdb_glob", "sql_literal"]
 log = logging.getLogger(__name__)
 
 Row = tuple[str, float, str, dict[str, Any]]
@@ -96,8 +96,15 @@ def write_segment(table: pa.Table, directory: Path, name: str) -> Path:
     return final
 
 
+def sql_literal(text: str) -> str:
+    """`text` as an SQL string literal (quotes doubled). DuckDB takes no bound parameters in a
+    view's table function, so the log's own paths are spliced in this way, never request data."""
+    return "'" + text.replace("'", "''") + "'"
+
+
 def duckdb_glob(base: Path) -> str:
-    return str(base / "date=*" / "*.parquet")
+    """The log's segments as an SQL string literal, for `read_parquet(...)`."""
+    return sql_literal(str(base / "date=*" / "*.parquet"))
 
 
 def _column(values: list[Any]) -> pa.Array:
@@ -310,7 +317,9 @@ class PredictionLog:
 
         con = duckdb.connect()
         if self.segments():
-            con.execute(f"CREATE VIEW log AS SELECT * FROM read_parquet('{duckdb_glob(self.base)}'"
+            # only the log's own path is spliced in, quoted by sql_literal
+            src = duckdb_glob(self.base)
+            con.execute(f"CREATE VIEW log AS SELECT * FROM read_parquet({src}"  # nosec B608
                         ", union_by_name=true, hive_partitioning=true)")
         else:
             con.execute("CREATE VIEW log AS SELECT NULL::VARCHAR request_id, "
@@ -336,7 +345,8 @@ class PredictionLog:
             where.append("ts < ?")
             params.append(until)
         cond = f" WHERE {' AND '.join(where)}" if where else ""
-        return self.query(f"SELECT * FROM log{cond} ORDER BY ts", params)
+        # fixed clauses only; the values are bound parameters
+        return self.query(f"SELECT * FROM log{cond} ORDER BY ts", params)  # nosec B608
 
     # ---- retention and compaction ---------------------------------------------------------
     def maintain(self, today: date | None = None) -> None:

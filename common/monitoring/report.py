@@ -52,8 +52,10 @@ def read_joined(log_dir: str | Path, vertical: str, since: datetime | None = Non
     con = plog.connect()
     try:
         if list((plog.base / "feedback").glob("*.parquet")):
-            con.execute("CREATE VIEW fb AS SELECT id AS k, arg_max(label, ts) AS label "
-                        f"FROM read_parquet('{feedback_glob(plog.base)}') GROUP BY id")
+            # only the log's own path is spliced in, quoted by feedback_glob
+            src = feedback_glob(plog.base)
+            con.execute("CREATE VIEW fb AS SELECT id AS k, arg_max(label, ts) "  # nosec B608
+                        f"AS label FROM read_parquet({src}) GROUP BY id")
         else:
             con.execute("CREATE VIEW fb AS SELECT NULL::VARCHAR k, NULL::VARCHAR label "
                         "WHERE false")
@@ -65,8 +67,9 @@ def read_joined(log_dir: str | Path, vertical: str, since: datetime | None = Non
             where.append("log.ts < ?")
             params.append(until)
         cond = f"WHERE {' AND '.join(where)}" if where else ""
+        # fixed clauses only; the values are bound parameters
         df = con.execute(
-            "SELECT log.*, coalesce(a.label, b.label) AS label FROM log "
+            "SELECT log.*, coalesce(a.label, b.label) AS label FROM log "  # nosec B608
             "LEFT JOIN fb a ON a.k = log.request_id LEFT JOIN fb b ON b.k = log.id "
             f"{cond} ORDER BY log.ts, log.request_id", params).df()
     finally:

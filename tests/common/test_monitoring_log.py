@@ -51,6 +51,20 @@ def test_segments_hold_the_documented_columns_and_read_back_with_duckdb(tmp_path
                                       {"model_version": "v2", "n": 2}]
 
 
+def test_a_log_dir_with_a_quote_in_its_path_reads_and_joins(tmp_path):
+    """The log's paths are spliced into DuckDB SQL as quoted literals: a quote in a folder
+    name (`O'Brien's logs`) reads back and joins feedback like any other path."""
+    base = tmp_path / "O'Brien's logs"
+    log = PredictionLog(base, "toy", start=False)
+    log.append(rows(0, 2))
+    log.flush()
+    assert list(log.read()["request_id"]) == ["r0", "r1"]
+    assert FeedbackStore(log).record("toy", [{"id": "case1", "label": 1}])["accepted"] == 1
+    from common.monitoring.report import read_joined
+
+    assert list(read_joined(base, "toy")["label"].fillna("-")) == ["-", "1"]
+
+
 def test_empty_log_reads_as_empty(tmp_path):
     assert PredictionLog(tmp_path, "toy", start=False).read().empty
 
