@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 from common.errors import VerticalsError
 
 __all__ = ["PredictionLog", "check_writable", "write_segment", "Row", "RETENTION_ENV",
-           "duckdb_glob", "sql_literal"]
+           "duckdb_glob", "sql_literal", "time_filter"]
 log = logging.getLogger(__name__)
 
 Row = tuple[str, float, str, dict[str, Any]]
@@ -100,6 +100,19 @@ def sql_literal(text: str) -> str:
     """`text` as an SQL string literal (quotes doubled). DuckDB takes no bound parameters in a
     view's table function, so the log's own paths are spliced in this way, never request data."""
     return "'" + text.replace("'", "''") + "'"
+
+
+def time_filter(column: str, since: datetime | None, until: datetime | None
+                ) -> tuple[str, list[Any]]:
+    """(`WHERE column >= ? AND column < ?` for the bounds given, or "", the bound values)."""
+    where, params = [], []
+    if since is not None:
+        where.append(f"{column} >= ?")
+        params.append(since)
+    if until is not None:
+        where.append(f"{column} < ?")
+        params.append(until)
+    return (f"WHERE {' AND '.join(where)}" if where else ""), params
 
 
 def duckdb_glob(base: Path) -> str:
@@ -337,16 +350,9 @@ class PredictionLog:
             con.close()
 
     def read(self, since: datetime | None = None, until: datetime | None = None) -> Any:
-        where, params = [], []
-        if since is not None:
-            where.append("ts >= ?")
-            params.append(since)
-        if until is not None:
-            where.append("ts < ?")
-            params.append(until)
-        cond = f" WHERE {' AND '.join(where)}" if where else ""
+        cond, params = time_filter("ts", since, until)
         # fixed clauses only; the values are bound parameters
-        return self.query(f"SELECT * FROM log{cond} ORDER BY ts", params)  # nosec B608
+        return self.query(f"SELECT * FROM log {cond} ORDER BY ts", params)  # nosec B608
 
     # ---- retention and compaction ---------------------------------------------------------
     def maintain(self, today: date | None = None) -> None:

@@ -40,7 +40,7 @@ def read_joined(log_dir: str | Path, vertical: str, since: datetime | None = Non
     request id or business id; null when none arrived). Raises NotFound for a missing or
     empty log."""
     from common.monitoring.feedback import feedback_glob
-    from common.monitoring.predlog import PredictionLog
+    from common.monitoring.predlog import PredictionLog, time_filter
 
     root = Path(log_dir)
     if not root.is_dir():
@@ -59,14 +59,7 @@ def read_joined(log_dir: str | Path, vertical: str, since: datetime | None = Non
         else:
             con.execute("CREATE VIEW fb AS SELECT NULL::VARCHAR k, NULL::VARCHAR label "
                         "WHERE false")
-        where, params = [], []
-        if since is not None:
-            where.append("log.ts >= ?")
-            params.append(since)
-        if until is not None:
-            where.append("log.ts < ?")
-            params.append(until)
-        cond = f"WHERE {' AND '.join(where)}" if where else ""
+        cond, params = time_filter("log.ts", since, until)
         # fixed clauses only; the values are bound parameters
         df = con.execute(
             "SELECT log.*, coalesce(a.label, b.label) AS label FROM log "  # nosec B608
